@@ -1,0 +1,55 @@
+# Two commands run everything on a fresh machine of this project's kind:
+#   make up     start the whole stack natively (local Redis, PostgreSQL, RabbitMQ) and print the URLs
+#   make test   run every test
+# Both create the virtual environment they need from the pinned lock file.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
+
+.PHONY: up down status test lint format bench images compose-up compose-down spike system-deps services clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e '.[services,loadtest,dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+up: venv services  ## the native stack, in the foreground (Ctrl-C stops it)
+	$(BIN)/python -m services.stack up
+
+down: venv
+	$(BIN)/python -m services.stack down
+
+status: venv
+	$(BIN)/python -m services.stack status
+
+test: venv services system-deps  ## every test; CI adds REQUIRE_ALL=1 so nothing may skip
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: venv services
+	$(BIN)/python -m gmpworker.bench
+
+spike: venv services
+	$(BIN)/python -m loadtest spike --target native
+
+services:  ## start local Redis, PostgreSQL, RabbitMQ when they are not running
+	scripts/ensure-services
+
+system-deps:  ## Debian packages some tests drive: Prometheus, Chromium
+	scripts/system-deps
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
