@@ -105,6 +105,12 @@ PENDING_ORDERS = Gauge(
     multiprocess_mode="max",
 )
 
+STOCK_REMAINING = Gauge(
+    "stock_remaining_units",
+    "Units left in the Redis stock counters, summed over every item.",
+    multiprocess_mode="max",
+)
+
 # --- every container -------------------------------------------------------------------------
 SWAP_FORBIDDEN = Gauge(
     "container_swap_forbidden",

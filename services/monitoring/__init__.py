@@ -1,0 +1,1 @@
+"""Monitoring configuration: Prometheus scrape configs and Grafana provisioning and dashboards."""

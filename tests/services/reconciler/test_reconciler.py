@@ -1,0 +1,143 @@
+"""The reconciler against real Redis, PostgreSQL and RabbitMQ."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from kombu import Connection
+from prometheus_client import REGISTRY
+
+from services.reconciler import Reconciler
+from services.settings import get_settings
+from services.store import Order, OrderStore, Outcome, Status, task_payload
+from services.worker.deadletter import durable_queue
+
+
+@pytest.fixture
+def reconciler(
+    service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Reconciler]:
+    """A reconciler with a 0.2 s grace period on this test's services."""
+    monkeypatch.setenv("RECONCILE_GRACE_SECONDS", "0.2")
+    get_settings.cache_clear()
+    instance = Reconciler(get_settings())
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def store(reconciler: Reconciler) -> OrderStore:
+    """The reconciler's own order store (same prefix)."""
+    return reconciler.store
+
+
+@pytest.fixture
+def db(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the test's database."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        yield conn
+
+
+def seed(db: psycopg.Connection[Any], store: OrderStore, item_id: int, stock: int) -> None:
+    """An item in PostgreSQL with a Redis stock counter of the same value."""
+    db.execute(
+        "INSERT INTO items (id, name, price_cents, stock, initial_stock)"
+        " VALUES (%s, 'x', 1, %s, %s)",
+        (item_id, stock, stock),
+    )
+    store.set_stock(item_id, stock)
+
+
+def reserve(store: OrderStore, item_id: int, quantity: int) -> Order:
+    """An accepted order in Redis, never published (the api crashed right after)."""
+    result = store.reserve(
+        str(uuid.uuid4()), item_id, f"u-{uuid.uuid4().hex}", quantity, None, int(time.time() * 1000)
+    )
+    assert result.outcome is Outcome.ACCEPTED and result.order is not None
+    return result.order
+
+
+def queued_orders(amqp_url: str) -> list[dict[str, Any]]:
+    """The ``order`` argument of every message in the order queue (consumed)."""
+    queue = durable_queue(get_settings().order_queue)
+    found = []
+    with Connection(amqp_url) as conn:
+        bound = queue(conn.default_channel)
+        while (message := bound.get(no_ack=True)) is not None:
+            _, kwargs, _ = json.loads(message.body)
+            found.append(kwargs["order"])
+    return found
+
+
+def republished_total() -> float:
+    """This process's reconciler_orders_republished_total."""
+    return REGISTRY.get_sample_value("reconciler_orders_republished_total") or 0.0
+
+
+def test_stranded_orders_are_recovered_and_stock_mismatch_reported(
+    reconciler: Reconciler, store: OrderStore, db: psycopg.Connection[Any], amqp_url: str
+) -> None:
+    seed(db, store, 1, 10)
+    seed(db, store, 2, 10)
+    never_published = reserve(store, 1, 2)
+    # Persisted by a worker that died before marking it in Redis.
+    persisted_unmarked = reserve(store, 1, 1)
+    db.execute(
+        "INSERT INTO orders (order_id, item_id, user_id, quantity, accepted_at)"
+        " VALUES (%s, 1, 'u', 1, now())",
+        (persisted_unmarked["order_id"],),
+    )
+    db.execute("UPDATE items SET stock = stock - 1 WHERE id = 1")
+    # Item 2 drifted: Redis lost 3 units nobody bought.
+    store.client.decrby(store.keys.stock(2), 3)
+    time.sleep(0.3)  # past the grace period
+    before = republished_total()
+
+    report = reconciler.run_once()
+
+    assert report.republished == [never_published["order_id"]]
+    assert republished_total() - before == 1
+    assert report.marked_persisted == [persisted_unmarked["order_id"]]
+    marked = store.get_order(persisted_unmarked["order_id"])
+    assert marked is not None and marked.get("status") == Status.PERSISTED
+    # Item 1 is consistent: Redis 7 == database 9 - 2 pending units.
+    assert report.stock_mismatches == {2: (7, 10)}
+    assert REGISTRY.get_sample_value("reconciler_stock_mismatch_items") == 1
+    assert report.pending == 1
+    assert queued_orders(amqp_url) == [task_payload(never_published)]
+
+
+def test_republish_waits_while_the_order_queue_has_a_backlog(
+    reconciler: Reconciler, store: OrderStore, db: psycopg.Connection[Any], amqp_url: str
+) -> None:
+    seed(db, store, 1, 10)
+    reserve(store, 1, 1)
+    time.sleep(0.3)
+    assert len(reconciler.run_once().republished) == 1
+    # The re-published message is still queued (no worker): do not publish it again.
+    report = reconciler.run_once()
+    assert report.republished == []
+    assert report.republish_deferred == 1
+    assert report.queue_messages[get_settings().order_queue] == 1
+    assert (
+        REGISTRY.get_sample_value("broker_queue_messages", {"queue": get_settings().order_queue})
+        == 1
+    )
+    assert len(queued_orders(amqp_url)) == 1
+
+
+def test_consistent_state_reports_nothing(
+    reconciler: Reconciler, store: OrderStore, db: psycopg.Connection[Any]
+) -> None:
+    seed(db, store, 1, 10)
+    reserve(store, 1, 3)  # fresh: inside the grace period
+    report = reconciler.run_once()
+    assert report.republished == [] and report.marked_persisted == []
+    assert report.stock_mismatches == {}
+    assert report.pending == 1

@@ -1,0 +1,120 @@
+"""``python -m services.stack up --detach`` / ``status`` / ``down`` on the test's own services."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def stack_env(service_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """Environment for a small stack on free ports, its state under ``tmp_path``."""
+    return {
+        **os.environ,
+        **service_env,
+        "DEMO_ITEMS": "20",
+        "DEMO_STOCK": "5",
+        "API_PORT": str(free_port()),
+        "WORKER_METRICS_PORT": str(free_port()),
+        "RECONCILER_METRICS_PORT": str(free_port()),
+        "WORKER_CONCURRENCY": "4",
+        "STACK_RUN_DIR": str(tmp_path / "run"),
+        "COLUMNS": "200",
+    }
+
+
+def stack(
+    env: dict[str, str], *args: str, timeout: float = 150
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m services.stack ARGS``."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.stack", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def running_stack(stack_env: dict[str, str]) -> Iterator[tuple[dict[str, str], str]]:
+    """A detached stack and the output of ``up``; brought down (or killed) afterwards."""
+    started = stack(stack_env, "up", "--detach")
+    state_file = Path(stack_env["STACK_RUN_DIR"]) / "stack.json"
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield stack_env, started.stdout
+    finally:
+        if state_file.exists():
+            stack(stack_env, "down", timeout=90)
+        if state_file.exists():  # down failed: kill the process groups this test started
+            for service in json.loads(state_file.read_text())["services"]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(service["pid"], signal.SIGKILL)
+
+
+def test_up_detach_serves_orders_end_to_end_and_down_stops_it(
+    running_stack: tuple[dict[str, str], str],
+) -> None:
+    env, output = running_stack
+    api = f"http://127.0.0.1:{env['API_PORT']}"
+    for url in (
+        api,
+        f"{api}/docs",
+        f"{api}/dashboard",
+        f"{api}/metrics",
+        f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics",
+        f"http://127.0.0.1:{env['RECONCILER_METRICS_PORT']}/metrics",
+    ):
+        assert url in output
+    assert httpx.get(f"{api}/readyz").json()["status"] == "ok"
+
+    accepted = httpx.post(f"{api}/orders", json={"item_id": 7, "quantity": 2, "user_id": "alice"})
+    assert accepted.status_code == 202, accepted.text
+    order_id = accepted.json()["order_id"]
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{api}/orders/{order_id}").json()["status"] != "persisted":
+        assert time.monotonic() < deadline, "order not persisted within 30 s"
+        time.sleep(0.2)
+    assert httpx.get(f"{api}/items/7").json()["stock"] == 3
+
+    status = stack(env, "status")
+    assert status.returncode == 0, status.stdout
+    assert "running" in status.stdout
+
+    state = json.loads((Path(env["STACK_RUN_DIR"]) / "stack.json").read_text())
+    stopped = stack(env, "down", timeout=90)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    for service in state["services"]:
+        assert not Path(f"/proc/{service['pid']}").exists() or _is_zombie(service["pid"])
+    assert stack(env, "status").returncode == 1
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{api}/healthz")
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
