@@ -1,0 +1,164 @@
+"""What the routes depend on: one :class:`ApiContext` per app, opened by the lifespan, and
+the ``Depends`` providers that hand its parts to the routes."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis.asyncio
+from fastapi import Depends, Request
+from psycopg_pool import AsyncConnectionPool
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from services import db
+from services.cache import CoalescingReader, DependencyHealth, ItemCache
+from services.keys import Keys
+from services.publisher import TaskPublisher
+from services.settings import Settings
+from services.store import AsyncOrderStore
+
+REDIS_MAX_CONNECTIONS = 64
+"""Per client and process: enough to keep Redis busy, few enough to stay polite."""
+
+
+class VersionClock:
+    """Versions for item updates: microseconds since the epoch, strictly increasing.
+
+    Time-based so that every api process agrees without coordination (the worker keeps
+    the highest version, last writer wins) and so versions dwarf the schema's initial 1;
+    the counter keeps two updates within one microsecond of one process ordered. Across
+    processes, order is wall-clock order.
+    """
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        """A version larger than every one this process handed out before."""
+        with self._lock:
+            self._last = max(time.time_ns() // 1000, self._last + 1)
+            return self._last
+
+
+@dataclass
+class ApiContext:
+    """Every connection and service object of one api process."""
+
+    settings: Settings
+    keys: Keys
+    state_redis: redis.asyncio.Redis
+    cache_redis: redis.asyncio.Redis
+    db_pool: AsyncConnectionPool
+    store: AsyncOrderStore
+    cache: ItemCache
+    stock_reader: CoalescingReader
+    publisher: TaskPublisher
+    health: DependencyHealth
+    versions: VersionClock
+
+    @classmethod
+    def create(cls, settings: Settings) -> ApiContext:
+        """Build the clients (nothing connects yet: :meth:`open` starts what runs)."""
+        keys = Keys(settings.redis_prefix)
+        state_redis = _redis_client(settings.redis_url)
+        cache_redis = _redis_client(settings.cache_redis_url)
+        pool = db.open_pool(settings.database_url, max_size=settings.db_pool_size)
+        health = DependencyHealth()
+        return cls(
+            settings=settings,
+            keys=keys,
+            state_redis=state_redis,
+            cache_redis=cache_redis,
+            db_pool=pool,
+            store=AsyncOrderStore(
+                state_redis,
+                settings.redis_prefix,
+                per_user_limit=settings.per_user_limit,
+                idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+            ),
+            cache=ItemCache(
+                cache_redis, keys, functools.partial(db.load_items, pool), settings, health
+            ),
+            stock_reader=CoalescingReader(state_redis),
+            publisher=TaskPublisher(settings),
+            health=health,
+            versions=VersionClock(),
+        )
+
+    async def open(self) -> None:
+        """Open the database pool (without waiting for it) and start the invalidation listener."""
+        await self.db_pool.open(wait=False)
+        await self.cache.start()
+
+    async def close(self) -> None:
+        """Stop everything :meth:`open` started and close the clients."""
+        await self.cache.stop()
+        self.publisher.close()
+        await self.db_pool.close()
+        await self.state_redis.aclose()
+        await self.cache_redis.aclose()
+
+
+def _redis_client(url: str) -> redis.asyncio.Redis:
+    # A refused connection fails at once (Redis down: fast 503 or database read); the
+    # timeouts only bound a hung Redis, and are loose enough that a busy machine opening
+    # many connections at once is not mistaken for one. One immediate retry covers a
+    # pooled connection gone stale after a Redis restart.
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=5.0,
+        socket_connect_timeout=2.0,
+        socket_timeout=3.0,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
+# The providers are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a
+# thread pool, which cost more than the whole cache-hit request.
+
+
+def context_of(request: Request) -> ApiContext:
+    """The app's context (set by the lifespan)."""
+    context: ApiContext = request.app.state.context
+    return context
+
+
+async def get_context(request: Request) -> ApiContext:
+    """Provider of the app's :class:`ApiContext`."""
+    return context_of(request)
+
+
+async def get_settings(request: Request) -> Settings:
+    """Provider of the settings the app was created with."""
+    return context_of(request).settings
+
+
+async def get_cache(request: Request) -> ItemCache:
+    """Provider of the item cache."""
+    return context_of(request).cache
+
+
+async def get_store(request: Request) -> AsyncOrderStore:
+    """Provider of the order store on the state Redis."""
+    return context_of(request).store
+
+
+async def get_publisher(request: Request) -> TaskPublisher:
+    """Provider of the confirmed task publisher."""
+    return context_of(request).publisher
+
+
+Context = Annotated[ApiContext, Depends(get_context)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CacheDep = Annotated[ItemCache, Depends(get_cache)]
+StoreDep = Annotated[AsyncOrderStore, Depends(get_store)]
+PublisherDep = Annotated[TaskPublisher, Depends(get_publisher)]

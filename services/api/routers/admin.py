@@ -1,0 +1,35 @@
+"""Admin operations before a sale."""
+
+from __future__ import annotations
+
+import psycopg
+from fastapi import APIRouter
+from redis.exceptions import RedisError
+
+from services.api.dependencies import Context
+from services.api.errors import unavailable
+from services.api.schemas import ErrorBody, WarmupRequest, WarmupResult
+from services.catalog import warmup
+
+router = APIRouter(tags=["admin"])
+
+
+@router.post(
+    "/admin/warmup",
+    response_model=WarmupResult,
+    responses={503: {"model": ErrorBody, "description": "Redis or PostgreSQL unavailable"}},
+)
+async def warmup_items(ctx: Context, body: WarmupRequest | None = None) -> WarmupResult:
+    """Preload items (all, or ``ids``) into the cache and their live stock counters.
+
+    Existing stock counters are kept (a running sale is never clobbered) unless ``reset``,
+    which overwrites them from the database and clears the sale's orders in Redis.
+    """
+    request = body or WarmupRequest()
+    try:
+        counts = await warmup(ctx.db_pool, ctx.cache, ctx.store, request.ids, reset=request.reset)
+    except (RedisError, psycopg.Error, TimeoutError) as exc:
+        raise unavailable(
+            "warmup_failed", f"{type(exc).__name__}: {exc}", ctx.settings.retry_after_seconds
+        ) from exc
+    return WarmupResult(**counts.__dict__)

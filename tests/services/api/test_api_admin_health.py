@@ -1,0 +1,98 @@
+"""Warmup, queued item updates, health, readiness and the metrics endpoint."""
+
+from __future__ import annotations
+
+import pytest
+from apitest_support import CATALOG_ITEMS, CATALOG_STOCK, Api, BrokerQueue
+
+pytestmark = pytest.mark.anyio
+
+APPLY_ITEM_UPDATE = "services.worker.tasks.apply_item_update"
+
+
+async def test_warmup_fills_cache_and_keeps_live_stock_unless_reset(api: Api) -> None:
+    await api.ctx.store.set_stock(1, 3)  # a running sale
+    body = (await api.client.post("/admin/warmup", json={})).json()
+    assert body["items_cached"] == CATALOG_ITEMS and body["missing"] == 0
+    assert body["stock_counters_set"] == CATALOG_ITEMS - 1
+    assert await api.ctx.store.get_stocks([1, 2]) == [3, CATALOG_STOCK]
+    assert await api.ctx.cache_redis.exists(*(api.ctx.keys.item(i) for i in (1, 30))) == 2
+
+    some = (await api.client.post("/admin/warmup", json={"ids": [1, 99999]})).json()
+    assert (some["items_cached"], some["missing"]) == (1, 1)
+
+    reset = (await api.client.post("/admin/warmup", json={"reset": True})).json()
+    assert reset["stock_counters_set"] == CATALOG_ITEMS
+    assert await api.ctx.store.get_stocks([1]) == [CATALOG_STOCK]
+
+    bad = await api.client.post("/admin/warmup", json={"ids": ["x"]})
+    assert (bad.status_code, bad.json()["error"]) == (422, "validation_error")
+
+
+async def test_item_update_is_published_with_increasing_versions(
+    broker_api: Api, queue: BrokerQueue
+) -> None:
+    first = await broker_api.client.put("/items/2", json={"price_cents": 999})
+    second = await broker_api.client.put("/items/2", json={"name": "New", "stock": 7})
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert second.json()["version"] > first.json()["version"]
+    tasks = queue.tasks(broker_api.settings.item_update_queue)
+    assert [name for name, _ in tasks] == [APPLY_ITEM_UPDATE] * 2
+    assert tasks[0][1]["update"] == {
+        "item_id": 2,
+        "price_cents": 999,
+        "version": first.json()["version"],
+    }
+    assert tasks[1][1]["update"] == {
+        "item_id": 2,
+        "name": "New",
+        "stock": 7,
+        "version": second.json()["version"],
+    }
+
+
+async def test_bad_item_updates(api: Api) -> None:
+    cases = [
+        ("/items/2", {}, 422, "validation_error"),
+        ("/items/2", {"price_cents": -1}, 422, "validation_error"),
+        ("/items/2", {"name": ""}, 422, "validation_error"),
+        ("/items/777777", {"name": "x"}, 404, "item_not_found"),
+        ("/items/2", {"name": "x"}, 503, "broker_unavailable"),  # this app's broker is down
+    ]
+    for path, body, status, code in cases:
+        response = await api.client.put(path, json=body)
+        assert (response.status_code, response.json()["error"]) == (status, code), body
+
+
+async def test_readyz_reports_each_dependency(broker_api: Api, api: Api) -> None:
+    assert (await broker_api.client.get("/healthz")).json() == {"status": "ok"}
+    ready = (await broker_api.client.get("/readyz")).json()
+    assert ready["status"] == "ok"
+    assert set(ready["dependencies"]) == {"redis", "redis_cache", "database", "broker"}
+    assert all(d["ok"] for d in ready["dependencies"].values())
+
+    degraded = await api.client.get("/readyz")  # broker down
+    assert degraded.status_code == 200
+    assert degraded.json()["status"] == "degraded"
+    assert degraded.json()["dependencies"]["broker"]["ok"] is False
+    assert degraded.json()["dependencies"]["broker"]["error"]
+
+
+async def test_metrics_expose_route_templates_and_cache_counters(api: Api) -> None:
+    await api.client.get("/items/12")
+    await api.client.get("/items/12")
+    await api.client.get("/no/such/path/12345")
+    text = (await api.client.get("/metrics")).text
+    assert 'http_requests_total{method="GET",route="/items/{item_id}",status="200"}' in text
+    assert 'route="unmatched"' in text and "12345" not in text
+    for name in ("cache_lookups_total", "cache_db_loads_total", "http_request_duration_seconds"):
+        assert name in text
+    assert 'cache_lookups_total{result="near_hit"}' in text
+
+
+async def test_openapi_documents_the_error_shape(api: Api) -> None:
+    schema = (await api.client.get("/openapi.json")).json()
+    assert "ErrorBody" in schema["components"]["schemas"]
+    assert {"/items/{item_id}", "/orders", "/orders/{order_id}", "/admin/warmup"} <= set(
+        schema["paths"]
+    )
