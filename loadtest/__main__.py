@@ -1,0 +1,220 @@
+"""``python -m loadtest spike|verify|stack``.
+
+- ``spike --target native|compose|<url>``: the whole spike test, one command; exit status 0
+  when every invariant and threshold holds, 1 when one fails, 2 when the run itself failed.
+- ``verify --records DIR``: verify and report a run whose locust ran elsewhere (the compose
+  ``loadtest`` profile writes its records to a shared directory).
+- ``stack ...``: the Docker Compose driver (:func:`loadtest.stack.main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+
+from loadtest.schedule import ENV_PREFIX, PRESETS, SpikeConfig
+from loadtest.verifier import DEFAULT_THRESHOLDS, Sources, Threshold, Verdict, parse_threshold
+
+DEFAULT_REPORTS = Path(__file__).with_name("reports")
+SHAPE_FLAGS = (
+    ("baseline_users", int),
+    ("spike_users", int),
+    ("baseline_seconds", float),
+    ("spike_seconds", float),
+    ("recovery_seconds", float),
+    ("jump_seconds", float),
+)
+
+
+def _add_verdict_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threshold",
+        action="append",
+        default=None,
+        metavar="RULE",
+        help="k6-style rule, repeatable, e.g. 'p99_spike<500ms', 'error_rate<1%%', 'drain<30s',"
+        " 'cache_hit_ratio>0.9' (metrics: p50|p95|p99|error_rate|rps[_baseline|_spike|"
+        f"_recovery], lag_p50, lag_p99, drain, drain_final, cache_hit_ratio). Default:"
+        f" {' '.join(DEFAULT_THRESHOLDS).replace('%', '%%')}",
+    )
+    parser.add_argument("--no-thresholds", action="store_true", help="check invariants only")
+    parser.add_argument(
+        "--drain-bound",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="the queue must be empty within S seconds after the spike ends (default 30)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="longest wait for accepted orders to be persisted after the load (default 120)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help=f"report folder (default {DEFAULT_REPORTS}/<time>)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    spike = sub.add_parser("spike", help="run the spike test end to end")
+    spike.add_argument(
+        "--target",
+        default="native",
+        help="native (python -m services.stack), compose (Docker Compose) or an api URL",
+    )
+    spike.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help=f"shape sizes (default: ${ENV_PREFIX}PRESET or 'default'; 'full' for big machines)",
+    )
+    for name, kind in SHAPE_FLAGS:
+        spike.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            metavar="N" if kind is int else "S",
+            help=f"overrides the preset (env {ENV_PREFIX}{name.upper()})",
+        )
+    spike.add_argument(
+        "--workers", type=int, default=0, help="run locust distributed: a master and N workers"
+    )
+    spike.add_argument("--no-reset", action="store_true", help="keep the current stock and orders")
+    spike.add_argument(
+        "--keep-stack", action="store_true", help="leave a stack this run started running"
+    )
+    _add_verdict_flags(spike)
+
+    check = sub.add_parser("verify", help="verify and report recorded outcomes of a finished run")
+    check.add_argument("--records", type=Path, required=True, help="LOADTEST_RECORD_DIR of the run")
+    check.add_argument("--base-url", help="api URL, for the cache hit ratio (/metrics)")
+    check.add_argument("--database-url", help="default: DATABASE_URL / settings")
+    check.add_argument("--redis-url", help="state Redis; default: REDIS_URL / settings")
+    check.add_argument("--redis-prefix", help="default: REDIS_PREFIX / settings")
+    _add_verdict_flags(check)
+
+    sub.add_parser("stack", help="the Docker Compose driver (loadtest.stack)", add_help=False)
+    return parser
+
+
+def spike_config(args: argparse.Namespace) -> SpikeConfig:
+    """Preset (flag, else ``SPIKE_PRESET``), then ``SPIKE_*`` variables, then flags."""
+    environ = dict(os.environ)
+    if args.preset:
+        environ[ENV_PREFIX + "PRESET"] = args.preset
+    config = SpikeConfig.from_env(environ)
+    flags = {name: getattr(args, name) for name, _ in SHAPE_FLAGS}
+    return replace(config, **{k: v for k, v in flags.items() if v is not None})
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    return (args.out or DEFAULT_REPORTS / time.strftime("%Y%m%d-%H%M%S")).resolve()
+
+
+def _thresholds(args: argparse.Namespace) -> list[Threshold]:
+    if args.no_thresholds:
+        return []
+    return [parse_threshold(t) for t in (args.threshold or DEFAULT_THRESHOLDS)]
+
+
+def _finish(console: Console, verdict: Verdict, report: Path) -> int:
+    for check in verdict.checks:
+        mark = "[green]ok[/]  " if check.passed else "[red]FAIL[/]"
+        console.print(f"{mark} {check.name}: {check.detail}")
+    for result in verdict.thresholds:
+        mark = "[green]ok[/]  " if result.passed else "[red]FAIL[/]"
+        console.print(f"{mark} {result.threshold.text} (measured {result.actual})")
+    verdict_text = "[bold green]PASS[/]" if verdict.passed else "[bold red]FAIL[/]"
+    console.print(f"{verdict_text}  report folder: {report.parent}")
+    return 0 if verdict.passed else 1
+
+
+def cmd_spike(args: argparse.Namespace, console: Console) -> int:
+    """``spike``: bring the target up if needed, run, verify, report, tear down."""
+    from loadtest import runner, targets
+    from services.settings import get_settings
+
+    config = spike_config(args)
+    options = runner.RunOptions(
+        config=config,
+        out_dir=_out_dir(args),
+        thresholds=_thresholds(args),
+        drain_bound_s=args.drain_bound,
+        drain_timeout_s=args.drain_timeout,
+        workers=args.workers,
+        reset=not args.no_reset,
+    )
+    target = None
+    try:
+        if args.target == "native":
+            target = targets.native_target(get_settings(), keep=args.keep_stack)
+        elif args.target == "compose":
+            target = targets.compose_target(keep=args.keep_stack)
+        elif args.target.startswith(("http://", "https://")):
+            target = targets.url_target(args.target, get_settings())
+        else:
+            raise runner.RunnerError(f"--target must be native, compose or a URL: {args.target!r}")
+        console.print(f"[bold]spike[/] against {target.label}: {config}")
+        verdict, report = runner.run_spike(target, options, console)
+    except runner.RunnerError as exc:
+        console.print(f"[bold red]run failed:[/] {exc}")
+        return 2
+    finally:
+        for teardown in reversed(target.teardowns if target else []):
+            with console.status("tearing down the stack this run started"):
+                teardown()
+    return _finish(console, verdict, report)
+
+
+def cmd_verify(args: argparse.Namespace, console: Console) -> int:
+    """``verify``: the verifier and report over recorded outcomes."""
+    from loadtest import runner
+    from loadtest.report import RunInfo, machine_description
+    from services.settings import get_settings
+
+    settings = get_settings()
+    sources = Sources(
+        args.database_url or settings.database_url,
+        args.redis_url or settings.redis_url,
+        args.redis_prefix if args.redis_prefix is not None else settings.redis_prefix,
+    )
+    options = runner.RunOptions(
+        config=SpikeConfig.from_env(),
+        out_dir=_out_dir(args),
+        thresholds=_thresholds(args),
+        drain_bound_s=args.drain_bound,
+        drain_timeout_s=args.drain_timeout,
+    )
+    info = RunInfo(args.base_url or "recorded run", options.config, 0, machine_description())
+    verdict, report = runner.verify_recorded(
+        sources, args.records, options.out_dir, info, options, args.base_url
+    )
+    return _finish(console, verdict, report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["stack"]:
+        from loadtest.stack import main as stack_main
+
+        return int(stack_main(argv[1:]) or 0)
+    args = build_parser().parse_args(argv)
+    console = Console()
+    if args.command == "spike":
+        return cmd_spike(args, console)
+    return cmd_verify(args, console)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
