@@ -1,0 +1,332 @@
+"""Channel semantics (Go spec cases), FIFO/no-loss across procs, select."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from gmp_guard import no_leaked_threads  # noqa: F401
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gmpworker as gmp
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def run(main, procs: int = 1):  # type: ignore[no-untyped-def]
+    return gmp.run(main, procs=procs)
+
+
+# --- the Go spec table ---------------------------------------------------------
+
+
+def test_unbuffered_send_blocks_until_receiver() -> None:
+    async def main() -> list[str]:
+        ch: gmp.Chan[int] = gmp.Chan()
+        log: list[str] = []
+
+        async def sender() -> None:
+            await ch.send(1)
+            log.append("sent")
+
+        gmp.go(sender)
+        await gmp.sleep(0.02)
+        log.append("before recv")
+        assert await ch.recv() == 1
+        await gmp.sleep(0.01)
+        return log
+
+    assert run(main) == ["before recv", "sent"]
+
+
+def test_buffered_fills_then_blocks() -> None:
+    async def main() -> tuple[int, bool, int, int]:
+        ch: gmp.Chan[int] = gmp.Chan(2)
+        await ch.send(1)
+        await ch.send(2)
+        full = ch.try_send(3)
+        return len(ch), full, ch.cap, await ch.recv() or 0
+
+    assert run(main) == (2, False, 2, 1)
+
+
+def test_recv_on_closed_returns_buffered_then_zero() -> None:
+    async def main() -> list[tuple[object, bool]]:
+        ch: gmp.Chan[int] = gmp.Chan(3)
+        await ch.send(7)
+        ch.close()
+        return [await ch.recv2(), await ch.recv2(), await ch.recv2()]
+
+    assert run(main) == [(7, True), (None, False), (None, False)]
+
+
+def test_send_on_closed_and_double_close_raise() -> None:
+    async def main() -> None:
+        ch: gmp.Chan[int] = gmp.Chan(1)
+        ch.close()
+        with pytest.raises(gmp.ChanClosedError, match="send on closed channel"):
+            await ch.send(1)
+        with pytest.raises(gmp.ChanClosedError, match="close of closed channel"):
+            ch.close()
+        with pytest.raises(gmp.ChanClosedError):
+            ch.try_send(1)
+
+    run(main)
+
+
+def test_close_wakes_all_receivers_and_blocked_senders_raise() -> None:
+    async def main() -> tuple[list[tuple[object, bool]], int]:
+        ch: gmp.Chan[int] = gmp.Chan()
+        out: list[tuple[object, bool]] = []
+        errors: list[BaseException] = []
+        wg = gmp.WaitGroup()
+
+        async def receiver() -> None:
+            out.append(await ch.recv2())
+            wg.done()
+
+        async def sender() -> None:
+            try:
+                await ch.send(1)
+            except gmp.ChanClosedError as e:
+                errors.append(e)
+            wg.done()
+
+        wg.add(3)
+        for _ in range(3):
+            gmp.go(receiver)
+        await gmp.sleep(0.02)
+        ch.close()
+        await wg.wait()
+        ch2: gmp.Chan[int] = gmp.Chan()
+        wg.add(2)
+        ch = ch2
+        gmp.go(sender)
+        gmp.go(sender)
+        await gmp.sleep(0.02)
+        ch2.close()
+        await wg.wait()
+        return out, len(errors)
+
+    out, nerr = run(main)
+    assert out == [(None, False)] * 3
+    assert nerr == 2
+
+
+def test_try_recv_reports_readiness() -> None:
+    async def main() -> list[tuple[object, bool, bool]]:
+        ch: gmp.Chan[str] = gmp.Chan(1)
+        r = [ch.try_recv()]
+        ch.try_send("x")
+        r.append(ch.try_recv())
+        ch.close()
+        r.append(ch.try_recv())
+        return r
+
+    assert run(main) == [(None, False, False), ("x", True, True), (None, False, True)]
+
+
+def test_async_for_until_closed() -> None:
+    async def main() -> list[int]:
+        ch: gmp.Chan[int] = gmp.Chan(4)
+
+        async def producer() -> None:
+            for i in range(10):
+                await ch.send(i)
+            ch.close()
+
+        gmp.go(producer)
+        return [v async for v in ch]
+
+    assert run(main) == list(range(10))
+
+
+def test_negative_capacity_and_bad_type() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        gmp.Chan(-1)
+    with pytest.raises(TypeError):
+        gmp.Chan(1.5)  # type: ignore[arg-type]
+
+
+def test_full_buffer_receive_wakes_sender_in_order() -> None:
+    # recv on a full buffer with a blocked sender: head comes out, the sender's
+    # value goes into the freed slot (Go's runtime.recv).
+    async def main() -> list[object]:
+        ch: gmp.Chan[int] = gmp.Chan(2)
+        await ch.send(1)
+        await ch.send(2)
+        gmp.go(ch.send, 3)
+        await gmp.sleep(0.01)
+        return [await ch.recv(), await ch.recv(), await ch.recv(), len(ch)]
+
+    assert run(main) == [1, 2, 3, 0]
+
+
+# --- FIFO and no loss under many producers/consumers --------------------------
+
+
+async def _mpmc(nprod: int, ncons: int, per: int, cap: int) -> tuple[list[tuple[int, int]], bool]:
+    ch: gmp.Chan[tuple[int, int]] = gmp.Chan(cap)
+    got: list[list[tuple[int, int]]] = [[] for _ in range(ncons)]
+    pw, cw = gmp.WaitGroup(), gmp.WaitGroup()
+
+    async def producer(p: int) -> None:
+        for i in range(per):
+            await ch.send((p, i))
+        pw.done()
+
+    async def consumer(c: int) -> None:
+        async for v in ch:
+            got[c].append(v)
+        cw.done()
+
+    pw.add(nprod)
+    cw.add(ncons)
+    for c in range(ncons):
+        gmp.go(consumer, c)
+    for p in range(nprod):
+        gmp.go(producer, p)
+    await pw.wait()
+    ch.close()
+    await cw.wait()
+    # Per consumer, each producer's items arrive in increasing order (FIFO).
+    fifo = all(
+        [i for (q, i) in items if q == p] == sorted(i for (q, i) in items if q == p)
+        for items in got
+        for p in range(nprod)
+    )
+    return [v for items in got for v in items], fifo
+
+
+@pytest.mark.parametrize("procs", [1, 2, 3, 4])
+@pytest.mark.parametrize("cap", [0, 1, 16])
+def test_many_producers_consumers_no_loss_fifo(procs: int, cap: int) -> None:
+    async def main() -> tuple[list[tuple[int, int]], bool]:
+        return await _mpmc(8, 5, 200, cap)
+
+    items, fifo = gmp.run(main, procs=procs)
+    assert fifo
+    assert Counter(items) == Counter((p, i) for p in range(8) for i in range(200))
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    procs=st.integers(1, 4),
+    nprod=st.integers(1, 6),
+    ncons=st.integers(1, 6),
+    per=st.integers(0, 60),
+    cap=st.integers(0, 8),
+)
+def test_mpmc_property(procs: int, nprod: int, ncons: int, per: int, cap: int) -> None:
+    async def main() -> tuple[list[tuple[int, int]], bool]:
+        return await _mpmc(nprod, ncons, per, cap)
+
+    items, fifo = gmp.run(main, procs=procs)
+    assert fifo
+    assert sorted(items) == sorted((p, i) for p in range(nprod) for i in range(per))
+
+
+# --- select ------------------------------------------------------------------------
+
+
+def test_select_default_and_ready_cases() -> None:
+    async def main() -> list[tuple[int, object, bool]]:
+        a: gmp.Chan[int] = gmp.Chan(1)
+        b: gmp.Chan[int] = gmp.Chan(1)
+        r = [await gmp.select(a.recv_case(), b.recv_case(), default=True)]
+        await b.send(5)
+        r.append(await gmp.select(a.recv_case(), b.recv_case(), default=True))
+        r.append(await gmp.select(a.send_case(9), default=True))
+        r.append(await gmp.select(a.send_case(10), default=True))  # full: default
+        a.close()
+        r.append(await gmp.select(a.recv_case(), b.recv_case()))  # buffered 9 first
+        r.append(await gmp.select(a.recv_case(), b.recv_case()))  # closed
+        return r
+
+    assert run(main) == [
+        (-1, None, False),
+        (1, 5, True),
+        (0, None, True),
+        (-1, None, False),
+        (0, 9, True),
+        (0, None, False),
+    ]
+
+
+def test_select_blocks_until_one_case_and_only_one_fires() -> None:
+    async def main() -> tuple[tuple[int, object, bool], int, int]:
+        a: gmp.Chan[str] = gmp.Chan()
+        b: gmp.Chan[str] = gmp.Chan()
+
+        async def sender(c: gmp.Chan[str], v: str) -> None:
+            c.try_send(v)  # only succeeds if a receiver (the select) is waiting
+
+        h = gmp.go(gmp.select, a.recv_case(), b.recv_case())
+        await gmp.sleep(0.02)
+        gmp.go(sender, a, "A")
+        gmp.go(sender, b, "B")
+        res = await h
+        await gmp.sleep(0.01)
+        # the select's sudog on the other channel is gone: nobody is waiting
+        return res, len(a.recvq), len(b.recvq)
+
+    res, qa, qb = gmp.run(main, procs=2)
+    assert res in ((0, "A", True), (1, "B", True))
+    assert (qa, qb) == (0, 0)
+
+
+def test_select_send_case_blocks_and_delivers() -> None:
+    async def main() -> tuple[tuple[int, object, bool], object]:
+        a: gmp.Chan[int] = gmp.Chan()
+        nil = gmp.recv_case(None)  # a nil channel is never ready
+        h = gmp.go(gmp.select, nil, a.send_case(42))
+        await gmp.sleep(0.01)
+        v = await a.recv()
+        return await h, v
+
+    assert run(main) == ((1, None, True), 42)
+
+
+def test_select_send_on_closed_raises() -> None:
+    async def main() -> None:
+        a: gmp.Chan[int] = gmp.Chan()
+        a.close()
+        with pytest.raises(gmp.ChanClosedError):
+            await gmp.select(a.send_case(1))
+
+    run(main)
+
+
+def test_select_fairness() -> None:
+    # Both cases always ready: each must be chosen about half the time (random pollorder).
+    async def main() -> Counter[int]:
+        a: gmp.Chan[int] = gmp.Chan(1)
+        b: gmp.Chan[int] = gmp.Chan(1)
+        seen: Counter[int] = Counter()
+        for _ in range(4000):
+            a.try_send(1)
+            b.try_send(2)
+            i, _, _ = await gmp.select(a.recv_case(), b.recv_case())
+            seen[i] += 1
+        return seen
+
+    seen = run(main)
+    # Binomial(4000, 0.5): sd ~ 32; 6 sd bound.
+    assert abs(seen[0] - 2000) < 200, seen
+
+
+def test_select_no_cases_deadlocks() -> None:
+    async def main() -> None:
+        await gmp.select()
+
+    with pytest.raises(gmp.Deadlock, match=r"goroutine 1 \[select \(no cases\)\]"):
+        run(main)
+
+
+def test_select_rejects_non_cases() -> None:
+    async def main() -> None:
+        await gmp.select(42)  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match="select"):
+        run(main)
