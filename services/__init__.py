@@ -1,1 +1,1 @@
-"""The flash-sale stack: a FastAPI front on Redis, RabbitMQ, Celery workers on gmpworker, PostgreSQL."""
+"""The flash-sale stack: FastAPI on Redis, RabbitMQ, Celery workers on gmpworker, PostgreSQL."""

@@ -67,7 +67,8 @@ WORKER_TASKS = Counter(
 )
 ORDERS_PERSISTED = Counter("orders_persisted_total", "Orders committed to PostgreSQL.")
 ORDERS_DEAD_LETTERED = Counter(
-    "orders_dead_lettered_total", "Orders that failed permanently and went to the dead-letter queue."
+    "orders_dead_lettered_total",
+    "Orders that failed permanently and went to the dead-letter queue.",
 )
 BATCH_SIZE = Histogram(
     "worker_batch_size", "Orders committed per database transaction.", buckets=BATCH_BUCKETS

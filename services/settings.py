@@ -20,53 +20,94 @@ class Settings(BaseSettings):
     # Connections. State (stock, orders, idempotency keys) must never be evicted, so it
     # lives apart from the cache: another logical database natively, another instance
     # (noeviction) in Docker Compose, because maxmemory and its policy are per instance.
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    cache_redis_url: str = "redis://127.0.0.1:6379/1"
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="state Redis: stock, orders, idempotency (noeviction)",
+    )
+    cache_redis_url: str = Field(
+        "redis://127.0.0.1:6379/1", description="cache Redis: item entries with TTLs (LRU)"
+    )
     redis_prefix: str = Field("fs:", description="prefix of every Redis key (tests use their own)")
-    database_url: str = "postgresql://root@127.0.0.1:5432/flashsale"
-    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    database_url: str = Field(
+        "postgresql://root@127.0.0.1:5432/flashsale", description="PostgreSQL (libpq URL)"
+    )
+    broker_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672//", description="RabbitMQ (AMQP URL)"
+    )
 
     # Queues.
-    order_queue: str = "orders"
-    item_update_queue: str = "item_updates"
-    dead_letter_queue: str = "orders.dead"
+    order_queue: str = Field("orders", description="durable queue of accepted orders")
+    item_update_queue: str = Field(
+        "item_updates", description="durable queue of admin item updates"
+    )
+    dead_letter_queue: str = Field("orders.dead", description="orders that failed permanently")
 
     # Cache-aside.
-    cache_ttl_seconds: float = 300.0
+    cache_ttl_seconds: float = Field(300.0, gt=0, description="item cache entry lifetime")
     cache_ttl_jitter: float = Field(0.2, ge=0, le=1, description="TTL spread, fraction of the TTL")
-    negative_ttl_seconds: float = 30.0
-    single_flight_lock_seconds: float = 2.0
-    near_cache_ttl_seconds: float = 1.0
+    negative_ttl_seconds: float = Field(30.0, gt=0, description="lifetime of an unknown-id entry")
+    single_flight_lock_seconds: float = Field(
+        2.0, gt=0, description="cross-process loader lock on a cache miss"
+    )
+    near_cache_ttl_seconds: float = Field(
+        1.0, ge=0, description="in-process cache in front of Redis (invalidated by pub/sub)"
+    )
 
     # Orders.
     max_quantity: int = Field(5, ge=1, description="most units one order may ask for")
     per_user_limit: int = Field(5, ge=1, description="most units one user may buy of one item")
-    idempotency_ttl_seconds: int = 86_400
-    max_body_bytes: int = 4096
-    publish_timeout_seconds: float = 2.0
-    publish_threads: int = 8
-    retry_after_seconds: int = 1
+    idempotency_ttl_seconds: int = Field(
+        86_400, ge=1, description="how long an Idempotency-Key holds"
+    )
+    max_body_bytes: int = Field(4096, ge=256, description="larger request bodies get 413")
+    publish_timeout_seconds: float = Field(
+        2.0, gt=0, description="wait for the broker's confirm before compensating (503)"
+    )
+    publish_threads: int = Field(
+        8, ge=1, description="publisher threads (publishing never runs on the event loop)"
+    )
+    retry_after_seconds: int = Field(1, ge=0, description="Retry-After of a 503")
 
     # Reconciler.
-    reconcile_grace_seconds: float = 30.0
-    reconcile_interval_seconds: float = 10.0
+    reconcile_grace_seconds: float = Field(
+        30.0, gt=0, description="age of an accepted order before the reconciler republishes it"
+    )
+    reconcile_interval_seconds: float = Field(
+        10.0, gt=0, description="pause between reconciler passes"
+    )
 
     # Worker (gmpworker pool and batching).
     gmp_maxprocs: int = Field(2, ge=1, description="GOMAXPROCS of the worker's runtime")
     worker_concurrency: int = Field(64, ge=1, description="tasks in flight per worker")
-    batch_size: int = Field(100, ge=1)
-    batch_deadline_ms: float = Field(20.0, gt=0)
-    db_pool_size: int = 8
+    batch_size: int = Field(100, ge=1, description="orders committed per transaction at most")
+    batch_deadline_ms: float = Field(
+        20.0, gt=0, description="flush a partial batch after this long"
+    )
+    db_pool_size: int = Field(8, ge=1, description="PostgreSQL connections per process")
 
     # Demo catalog.
-    demo_items: int = 1000
-    demo_stock: int = 100
+    demo_items: int = Field(1000, ge=1, description="items in the demo catalog")
+    demo_stock: int = Field(100, ge=0, description="initial stock of each demo item")
 
     # Containers.
-    require_no_swap: bool = False
+    require_no_swap: bool = Field(
+        False, description="refuse to start when the cgroup allows swap (set in Compose)"
+    )
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def markdown_table() -> str:
+    """The settings as the README's Markdown table: variable, default, meaning."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        rows.append(f"| `{name.upper()}` | `{field.default}` | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -22,7 +22,7 @@ AMQP_HOST = os.environ.get("TEST_AMQP_HOST", "127.0.0.1:5672")
 
 
 def require(condition: object, reason: str) -> None:
-    """Skip the test with ``reason`` unless ``condition`` holds; fail instead under REQUIRE_ALL=1."""
+    """Skip with ``reason`` unless ``condition`` holds; fail instead under REQUIRE_ALL=1."""
     if condition:
         return
     if REQUIRE_ALL:
@@ -74,7 +74,7 @@ def amqp_url() -> Iterator[str]:
 
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
-    """A key prefix of this test's own on DBs 2 (state) and 3 (cache); its keys deleted afterwards."""
+    """A key prefix of this test's own on DBs 2 (state) and 3 (cache), cleaned up afterwards."""
     redis = pytest.importorskip("redis")
     prefix = unique_name("rk") + ":"
     clients = [redis.Redis.from_url(f"{REDIS_HOST_URL}/{db}") for db in (2, 3)]
