@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: up down status test lint format bench images compose-up compose-down spike system-deps services clean
+.PHONY: venv up down status test lint format bench images compose-up compose-down spike system-deps services clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,15 @@ format: venv
 
 bench: venv services
 	$(BIN)/python -m gmpworker.bench
+
+images: venv  ## wheelhouse from requirements.lock + every compose image, package index off
+	$(BIN)/python -m loadtest.stack build
+
+compose-up: venv  ## the whole stack in Docker Compose; waits until healthy, prints the URLs
+	$(BIN)/python -m loadtest.stack up
+
+compose-down: venv  ## every container of every profile (volumes too: make compose-down ARGS=-v)
+	$(BIN)/python -m loadtest.stack down $(ARGS)
 
 spike: venv services
 	$(BIN)/python -m loadtest spike --target native
