@@ -21,13 +21,14 @@ from .errors import ChanClosedError
 from .proc import goready
 from .runtime2 import (
     G,
+    M,
     P,
-    curg_var,
+    mtls,
     sudog,
     waitReasonChanReceive,
     waitReasonChanSend,
 )
-from .trap import PARK, PREEMPT, trap
+from .trap import park, preempt
 
 T = TypeVar("T")
 _serial = itertools.count(1)
@@ -54,11 +55,22 @@ def _parkon(gp: G, c: Chan[Any], elem: Any, reason: str) -> sudog:
 
 def _callerP() -> P | None:
     """The P to ready Gs onto: the current G's, or None (global queue) elsewhere."""
-    gp = curg_var.get()
-    if gp is None:
+    try:
+        m = mtls.m
+    except AttributeError:  # a foreign thread
         return None
-    m = gp.m
-    return m.p if m is not None else None
+    return m.p if m.curg is not None else None
+
+
+def _curm(what: str) -> M:
+    """The calling G's M (its ``curg`` is the G); RuntimeError outside a goroutine."""
+    try:
+        m: M = mtls.m
+    except AttributeError:
+        m = None  # type: ignore[assignment]
+    if m is None or m.curg is None:
+        raise RuntimeError(f"a blocking channel {what} must run inside a goroutine")
+    return m
 
 
 def dequeue(q: deque[sudog]) -> sudog | None:
@@ -140,9 +152,13 @@ class Chan(Generic[T]):
         gets the value directly and goes to this P's ``runnext``; the sender runs on.
         The locked part is inlined here (see ``_send``) because this is the hot path.
         """
-        gp = curg_var.get()
+        try:
+            m = mtls.m
+        except AttributeError:
+            m = _curm("send")  # raises: not an M's thread
+        gp = m.curg
         if gp is None:
-            raise RuntimeError("a blocking channel send must run inside a goroutine")
+            _curm("send")
         lock = self.lock
         lock.acquire()
         if self.closed:
@@ -161,19 +177,29 @@ class Chan(Generic[T]):
             sg.success = True
             rg = sg.g
             rg.param = sg
-            goready(rg, gp.m.p)  # type: ignore[union-attr]
+            goready(rg, m.p)
             if gp.preempt:
-                await trap(PREEMPT)
+                await preempt
             return
         if len(self.buf) < self.dataqsiz:
             self.buf.append(v)
             lock.release()
             if gp.preempt:
-                await trap(PREEMPT)
+                await preempt
             return
-        sg = _parkon(gp, self, v, waitReasonChanSend)
+        # _parkon, inlined (hot path)
+        sg = gp.waiting
+        if type(sg) is sudog and not sg.isSelect:
+            sg.elem = v
+            sg.c = self
+            sg.success = False
+        else:
+            sg = gp.waiting = sudog(gp, v, self, False, None)
+        gp.waitreason = waitReasonChanSend
+        gp.waitlock = lock
+        gp.waitabort = _abortChan
         self.sendq.append(sg)
-        await trap(PARK)
+        await park
         if not sg.success:
             raise ChanClosedError("send on closed channel")
 
@@ -228,13 +254,17 @@ class Chan(Generic[T]):
         Mirrors runtime.chanrecv (chan.go) with ``block=true``; the locked part
         is inlined here (see ``_recv``) because this is the hot path.
         """
-        gp = curg_var.get()
+        try:
+            m = mtls.m
+        except AttributeError:
+            m = _curm("receive")  # raises: not an M's thread
+        gp = m.curg
         if gp is None:
-            raise RuntimeError("a blocking channel receive must run inside a goroutine")
+            _curm("receive")
+        # Few locals on purpose: this coroutine's frame is most of a parked G's memory.
         lock = self.lock
         lock.acquire()
-        buf = self.buf
-        if self.closed and not buf:
+        if self.closed and not self.buf:
             lock.release()
             return None
         sq = self.sendq
@@ -247,38 +277,46 @@ class Chan(Generic[T]):
                     continue
             v = self._recvFromSender(sg)
             lock.release()
-            goready(sg.g, gp.m.p)  # type: ignore[union-attr]
+            goready(sg.g, m.p)
             if gp.preempt:
-                await trap(PREEMPT)
+                await preempt
             return v  # type: ignore[no-any-return]
-        if buf:
-            bv: T = buf.popleft()
+        if self.buf:
+            v = self.buf.popleft()
             lock.release()
             if gp.preempt:
-                await trap(PREEMPT)
-            return bv
-        sg = _parkon(gp, self, None, waitReasonChanReceive)
+                await preempt
+            return v
+        # _parkon, inlined (hot path)
+        sg = gp.waiting
+        if type(sg) is sudog and not sg.isSelect:
+            sg.c = self
+            sg.success = False
+        else:
+            sg = gp.waiting = sudog(gp, None, self, False, None)
+        gp.waitreason = waitReasonChanReceive
+        gp.waitlock = lock
+        gp.waitabort = _abortChan
         self.recvq.append(sg)
-        await trap(PARK)
-        rv: T | None = sg.elem
+        await park
+        v = sg.elem
         sg.elem = None
-        return rv
+        return v  # type: ignore[no-any-return]
 
     async def recv2(self) -> tuple[T | None, bool]:
         """Receive ``(value, ok)``; ``ok`` is False when closed and drained (``v, ok := <-ch``).
 
         Mirrors runtime.chanrecv (chan.go) with ``block=true``.
         """
-        gp = curg_var.get()
-        if gp is None:
-            raise RuntimeError("a blocking channel receive must run inside a goroutine")
-        r = self._recv(gp.m.p if gp.m is not None else None, gp)
+        m = _curm("receive")
+        gp: G = m.curg  # type: ignore[assignment]
+        r = self._recv(m.p, gp)
         if r is not None:
             if gp.preempt:
-                await trap(PREEMPT)
+                await preempt
             return r
         sg: sudog = gp.waiting
-        await trap(PARK)
+        await park
         v = sg.elem
         sg.elem = None
         return v, sg.success

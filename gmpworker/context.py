@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .chan import Chan
-from .runtime2 import curg_var
+from .runtime2 import getg
 
 
 class CanceledError(Exception):
@@ -141,7 +141,7 @@ def with_value(parent: Context, key: Any, val: Any) -> Context:
 
 
 def _starttimer(seconds: float, f: Callable[[], None]) -> Any:
-    gp = curg_var.get()
+    gp = getg()
     if gp is not None:
         from .timers import afterfunc
 

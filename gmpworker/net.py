@@ -13,11 +13,11 @@ from typing import Any
 
 from .netpoll import Netpoll, netpollblock, pollDesc
 from .proc import injectglist
-from .runtime2 import curg_var
+from .runtime2 import getg
 
 
 def _netpoll() -> Netpoll:
-    gp = curg_var.get()
+    gp = getg()
     if gp is None or gp.sched.netpoll is None:
         raise RuntimeError("gmpworker.net must be used inside a goroutine")
     return gp.sched.netpoll
@@ -45,7 +45,7 @@ class _FD:
         glist = self.np.evict(self.pd)
         self.sock.close()
         if glist:
-            gp = curg_var.get()
+            gp = getg()
             pp = gp.m.p if gp is not None and gp.m is not None else None
             injectglist(self.np.sched, glist, pp)
 

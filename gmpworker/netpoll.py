@@ -18,8 +18,8 @@ import selectors
 import socket
 from typing import Any
 
-from .runtime2 import G, curg_var, schedt, waitReasonIOWait
-from .trap import PARK, trap
+from .runtime2 import G, getg, schedt, waitReasonIOWait
+from .trap import park
 
 pdNil = 0
 pdReady = 1
@@ -207,14 +207,14 @@ async def netpollblock(np: Netpoll, pd: pollDesc, read: bool) -> bool:
             pd.rg = pdWait
         else:
             pd.wg = pdWait
-    gp = curg_var.get()
+    gp = getg()
     if gp is None:
         raise RuntimeError("gmpworker network calls must run inside a goroutine")
     gp.waitreason = waitReasonIOWait
     gp.waitlock = (np, pd, read)
     gp.waitunlockf = _netpollblockcommit
     gp.waitabort = None
-    await trap(PARK)
+    await park
     with np.lock:
         cur = pd.rg if read else pd.wg
         if read:

@@ -19,11 +19,13 @@ from typing import Any, cast
 
 from . import proc
 from .netpoll import Netpoll
-from .runtime2 import GHandle, M, curg_var, schedt
+from .runtime2 import GHandle, M, getg, mtls, schedt
+from .syscall import syscall
 from .sysmon import start_sysmon
-from .trap import GOSCHED, SyscallReq, trap
+from .trap import gosched_trap
 
 _CoroutineType = types.CoroutineType
+_FunctionType = types.FunctionType
 _CO_COROUTINE = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE
 DEFAULT_MAXMCOUNT = 10000  # schedinit: sched.maxmcount = 10000
 
@@ -42,7 +44,7 @@ def _defaultprocs() -> int:
 
 async def _syscallg(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The body of a G made from a plain function: one syscall on an M."""
-    return await trap(SyscallReq(fn, args, kwargs, False))
+    return await syscall(fn, *args, **kwargs)
 
 
 def _mkcoro(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Coroutine[Any, Any, Any]:
@@ -51,6 +53,11 @@ def _mkcoro(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Coroutine
     Accepts an ``async def`` function, a ``@types.coroutine`` generator function,
     a coroutine object, or a plain callable (run as one syscall).
     """
+    if type(fn) is _FunctionType and fn.__code__.co_flags & _CO_COROUTINE:
+        coro = fn(*args, **kwargs)  # the common case: an async def function
+        if type(coro) is _CoroutineType:
+            return coro
+        return _checkawaitable(fn, coro)
     if not callable(fn):
         if type(fn) is _CoroutineType or inspect.isawaitable(fn):
             if args or kwargs:
@@ -59,15 +66,15 @@ def _mkcoro(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Coroutine
         raise TypeError(f"go() needs a callable or an async function, got {type(fn).__name__}")
     code = getattr(fn, "__code__", None)
     if (code is not None and code.co_flags & _CO_COROUTINE) or inspect.iscoroutinefunction(fn):
-        coro = fn(*args, **kwargs)
-        if type(coro) is not _CoroutineType and not inspect.isawaitable(coro):
-            raise TypeError(f"{fn!r} did not return a coroutine")
-        return cast(Coroutine[Any, Any, Any], coro)
+        return _checkawaitable(fn, fn(*args, **kwargs))
     return _syscallg(fn, args, kwargs)
 
 
-def _attach(sched: schedt, coro: Coroutine[Any, Any, Any], pp: Any) -> GHandle:
-    return proc.newproc(sched, coro, pp)
+def _checkawaitable(fn: Any, coro: Any) -> Coroutine[Any, Any, Any]:
+    """``coro`` if it can run as a G (a coroutine or awaitable), else TypeError."""
+    if type(coro) is not _CoroutineType and not inspect.isawaitable(coro):
+        raise TypeError(f"{fn!r} did not return a coroutine")
+    return cast(Coroutine[Any, Any, Any], coro)
 
 
 def go(fn: Any, *args: Any, **kwargs: Any) -> GHandle:
@@ -78,30 +85,38 @@ def go(fn: Any, *args: Any, **kwargs: Any) -> GHandle:
     goes into the current P's ``runnext`` (Go's ``newproc``). Call it inside a G;
     from other threads use ``Runtime.submit``.
     """
-    coro = _mkcoro(fn, args, kwargs)
-    gp = curg_var.get()
+    if type(fn) is _FunctionType and fn.__code__.co_flags & _CO_COROUTINE:
+        coro = fn(*args, **kwargs)  # _mkcoro's common case, inlined: spawning is hot
+        if type(coro) is not _CoroutineType:
+            coro = _checkawaitable(fn, coro)
+    else:
+        coro = _mkcoro(fn, args, kwargs)
+    try:
+        m = mtls.m
+        gp = m.curg
+    except AttributeError:
+        gp = None
     if gp is None:
         coro.close()
         raise RuntimeError(
             "gmpworker.go() called outside a goroutine: use gmpworker.run() or Runtime.submit()"
         )
-    m = gp.m
-    return _attach(gp.sched, coro, m.p if m is not None else None)
+    return proc.newproc(gp.sched, coro, m.p)
 
 
 async def gosched() -> None:
     """Yield the P: the G goes to the global run queue. Mirrors runtime.Gosched."""
-    await trap(GOSCHED)
+    await gosched_trap
 
 
 def current_goid() -> int:
     """The id of the calling G (0 outside any G)."""
-    gp = curg_var.get()
+    gp = getg()
     return gp.goid if gp is not None else 0
 
 
 def _current_sched() -> schedt:
-    gp = curg_var.get()
+    gp = getg()
     if gp is not None:
         return gp.sched
     with _active_lock:
@@ -182,7 +197,7 @@ class Runtime:
         if sched.stopping or sched.exiting:
             raise RuntimeError("Runtime is stopped: submit() no longer accepts work")
         coro = _mkcoro(fn, args, kwargs)
-        return _attach(sched, coro, None)
+        return proc.newproc(sched, coro, None)
 
     def stop(self, wait: bool = True, timeout: float | None = None) -> None:
         """Stop accepting work, let running Gs finish (if ``wait``), join all threads.
@@ -265,17 +280,23 @@ class Runtime:
         sched.mnext = 1
         m0.thread = threading.current_thread()
         m0.bindthread()
+        outer = getattr(mtls, "m", None)  # a run() inside a G or syscall of another runtime
+        mtls.m = m0
         with sched.lock:
             sched.allm.append(m0)
             pp = proc.pidleget(sched)
         assert pp is not None
         proc.acquirep(m0, pp)
-        _attach(sched, coro, pp)
+        proc.newproc(sched, coro, pp)
         self._sysmon = start_sysmon(sched)
         sched.mainStarted = True
         try:
             proc.schedule(m0)
         finally:
+            if outer is None:
+                del mtls.m
+            else:
+                mtls.m = outer
             with sched.lock:
                 if m0 in sched.allm:
                     sched.allm.remove(m0)

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
-from .trap import PARK, trap
+from .trap import park
 
 if TYPE_CHECKING:
     from .netpoll import Netpoll
@@ -75,9 +75,24 @@ LOCAL_RUNQ_CAP = 256  # len(p.runq)
 _GoidCacheBatch = 16
 forcePreemptNS = 10_000_000  # 10ms
 
-# The current G. A ContextVar read costs ~40 ns, against ~106 ns for a thread-local,
-# and because every G runs inside its own Context it follows the G across Ms (TLS in Go).
-curg_var: contextvars.ContextVar[G | None] = contextvars.ContextVar("gmpworker_curg", default=None)
+# Go keeps the current g in TLS and finds its M as g.m; here the TLS holds the M and
+# the current G is m.curg, which the M loop sets at every switch. (A G's own
+# contextvars.Context still follows it across Ms: the M resumes it with ctx.run. The
+# runtime used to store the G in that Context too, which cost a HAMT node per G and
+# made every G cyclic garbage: G -> ctx -> HAMT -> G.)
+mtls = _thread._local()
+
+
+def getg() -> G | None:
+    """The G running on the calling thread (Go's ``getg().m.curg``), or None.
+
+    None outside any G: on a foreign thread, on sysmon, or in an M's scheduling
+    loop between two Gs. Inside ``syscall(fn)`` the caller's G is still current.
+    """
+    try:
+        return mtls.m.curg  # type: ignore[no-any-return]
+    except AttributeError:  # not an M's thread
+        return None
 
 
 _LockType = type(_thread.allocate_lock())
@@ -152,7 +167,7 @@ class GHandle:
         """Inside a G: park until this G finishes, then return its result or re-raise."""
         if self.status == _Gdead:
             return self._outcome()
-        gp = curg_var.get()
+        gp = getg()
         if gp is None:
             raise RuntimeError("await a GHandle only inside a goroutine; use result() elsewhere")
         _hlock.acquire()
@@ -163,7 +178,7 @@ class GHandle:
         gp.waitreason = waitReasonSemacquire
         gp.waitlock = _hlock
         gp.waitabort = _abortWait
-        await trap(PARK)
+        await park
         return self._outcome()
 
     def _addwaiter(self, w: Any) -> bool:
@@ -205,13 +220,14 @@ class GHandle:
 
     def _complete(self, result: Any, exc: BaseException | None, pp: P | None) -> None:
         """goexit: record the outcome, mark the G dead and wake everything waiting."""
-        with _hlock:
-            self._result = result
-            self._exc = exc
-            self.status = _Gdead  # after the outcome: done() readers need no lock
-            ws = self._waiters
-            self._waiters = None
-        if not ws:
+        _hlock.acquire()
+        self._result = result
+        self._exc = exc
+        self.status = _Gdead  # after the outcome: done() readers need no lock
+        ws = self._waiters
+        self._waiters = None
+        _hlock.release()  # nothing above can raise
+        if ws is None:
             return
         for w in ws:
             if isinstance(w, GHandle):
@@ -235,8 +251,10 @@ def _callback(cb: Callable[[GHandle], Any], h: GHandle) -> None:
 class G(GHandle):
     """A goroutine: a coroutine plus its scheduling state (Go's ``g``, runtime2.go).
 
-    ``param`` is the value sent into the coroutine at its next resume (Go uses
-    ``gp.param`` to pass the waking sudog); ``exc`` is an exception to throw instead.
+    ``param`` is what a waker hands the G (Go's ``gp.param``: the waking sudog, or
+    here a syscall's result); the G reads it after it resumes, as Go code reads
+    ``gp.param`` after ``gopark`` returns. ``exc`` is an exception to throw into
+    the G at its next resume instead.
     """
 
     __slots__ = (
@@ -352,7 +370,9 @@ class P:
 
     ``runq`` is a deque: ``append``/``popleft`` are atomic in CPython, so the owner
     pushes and the owner or a thief pops without a lock (Go's lock-free ring).
-    ``runnext`` is a one-element list; ``list.pop()`` is the atomic CAS-to-nil.
+    ``runnext`` is a deque holding at most one G; ``pop()`` is the atomic CAS-to-nil.
+    (A deque rather than a list: a list frees its item array each time it empties
+    and reallocates it on the next append, twice per channel hand-off.)
     """
 
     __slots__ = (
@@ -387,7 +407,7 @@ class P:
         self.goidcache = 0
         self.goidcacheend = 0
         self.runq: deque[G] = deque()
-        self.runnext: list[G] = []
+        self.runnext: deque[G] = deque()
         # 4-ary in Go; a binary heapq here (same ordering behaviour).
         self.timers: list[tuple[int, int, Timer_]] = []
         self.timersLock = _thread.allocate_lock()

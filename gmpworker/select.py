@@ -17,8 +17,8 @@ from typing import Any
 from .chan import Case, Chan, dequeue
 from .errors import ChanClosedError
 from .proc import goready
-from .runtime2 import G, curg_var, sudog, waitReasonSelect, waitReasonSelectNoCases
-from .trap import PARK, PREEMPT, trap
+from .runtime2 import G, getg, sudog, waitReasonSelect, waitReasonSelectNoCases
+from .trap import park, preempt
 
 _random = random.random
 
@@ -104,7 +104,7 @@ async def select(*cases: Case, default: bool = False) -> tuple[int, Any, bool]:
     ``default=True`` and no ready case it returns ``(-1, None, False)`` at once.
     With no cases and no default the G blocks forever ("select (no cases)").
     """
-    gp = curg_var.get()
+    gp = getg()
     if gp is None:
         raise RuntimeError("select() must run inside a goroutine")
     for cs in cases:
@@ -121,7 +121,7 @@ async def select(*cases: Case, default: bool = False) -> tuple[int, Any, bool]:
             m = gp.m
             goready(sg.g, m.p if m is not None else None)
         if gp.preempt:
-            await trap(PREEMPT)
+            await preempt
         if res[0] < 0:
             raise ChanClosedError("send on closed channel")
         return res[0], res[1], res[2]
@@ -174,7 +174,7 @@ async def _block(cases: tuple[Case, ...], gp: G, locks: list[Any]) -> tuple[int,
         gp.waitlock = None
         gp.waitunlockf = None
         gp.waitabort = _abortForever
-        await trap(PARK)  # block(): only GHandle.cancel can wake this G
+        await park  # block(): only GHandle.cancel can wake this G
     seldone = [1]
     sgs: list[sudog] = []
     for cs in cases:
@@ -193,7 +193,10 @@ async def _block(cases: tuple[Case, ...], gp: G, locks: list[Any]) -> tuple[int,
     gp.waitlock = locks
     gp.waitunlockf = _selparkcommit
     gp.waitabort = _abortSelect
-    won: sudog = await trap(PARK)
+    gp.param = None
+    await park
+    won: sudog = gp.param  # the sudog whose waker won selectDone
+    gp.param = None
     gp.waiting = None
     _dequeueAll(sgs, won)
     idx = _caseindex(cases, sgs, won)

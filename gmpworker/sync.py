@@ -21,11 +21,12 @@ from .proc import goready
 from .runtime2 import (
     G,
     P,
-    curg_var,
+    getg,
+    mtls,
     waitReasonSemacquire,
     waitReasonSyncCondWait,
 )
-from .trap import PARK, trap
+from .trap import park
 
 mutexLocked = 1
 mutexWoken = 2
@@ -36,14 +37,15 @@ rwmutexMaxReaders = 1 << 30
 
 
 def _callerP() -> P | None:
-    gp = curg_var.get()
-    if gp is None or gp.m is None:
+    try:
+        m = mtls.m
+    except AttributeError:  # a foreign thread
         return None
-    return gp.m.p
+    return m.p if m.curg is not None else None
 
 
 def _curg(what: str) -> G:
-    gp = curg_var.get()
+    gp = getg()
     if gp is None:
         raise RuntimeError(f"{what} must run inside a goroutine")
     return gp
@@ -98,7 +100,7 @@ class Sema:
             gp.waitreason = reason
             gp.waitlock = lock
             gp.waitabort = _abortSema
-            await trap(PARK)
+            await park
             if w.ticket:
                 return
 
@@ -407,7 +409,7 @@ class Cond:
         gp.waitreason = waitReasonSyncCondWait
         gp.waitlock = nl.lock
         gp.waitabort = _abortNotify
-        await trap(PARK)
+        await park
 
     def signal(self) -> None:
         """Wake the longest-waiting G. Mirrors notifyListNotifyOne."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import proc
 from .errors import Cancelled
-from .runtime2 import G, M, P, _Grunnable, _Grunning, _Gsyscall, _Psyscall
+from .runtime2 import G, M, P, _Grunnable, _Grunning, _Gsyscall, _Psyscall, getg
 from .trap import SyscallReq, trap
 
 
@@ -29,7 +29,13 @@ async def syscall(fn: Callable[..., Any], *args: Any, block: bool = False, **kwa
     """
     if not callable(fn):
         raise TypeError(f"syscall() needs a callable, got {type(fn).__name__}")
-    return await trap(SyscallReq(fn, args, kwargs, block))
+    gp = getg()
+    if gp is None:
+        raise RuntimeError("gmpworker.syscall() must run inside a goroutine")
+    await trap(SyscallReq(fn, args, kwargs, block))
+    r = gp.param  # exitsyscall left the call's result here
+    gp.param = None
+    return r
 
 
 def entersyscall(m: M, gp: G) -> None:

@@ -58,7 +58,9 @@ def _sysmonloop(sched: schedt) -> None:
     idle = 0
     delay = 0
     lasttrace = 0
-    while not sched.exiting:
+    while True:  # not ``while not sched.exiting``: see proc.schedule on quickening
+        if sched.exiting:
+            return
         if idle == 0:
             delay = 20
         elif idle > 50:

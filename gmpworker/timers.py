@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import proc as _proc
-from .runtime2 import G, P, curg_var, schedt, waitReasonSleep
-from .trap import PARK, trap
+from .runtime2 import G, P, getg, schedt, waitReasonSleep
+from .trap import park
 
 if TYPE_CHECKING:
     from .chan import Chan
@@ -179,7 +179,7 @@ async def sleep(seconds: float) -> None:
     """
     if seconds <= 0:
         return
-    gp = curg_var.get()
+    gp = getg()
     if gp is None:
         raise RuntimeError("gmpworker.sleep() called outside a goroutine")
     t = gp.timer
@@ -191,7 +191,7 @@ async def sleep(seconds: float) -> None:
     gp.waitlock = (t, m.p if m is not None else None)
     gp.waitunlockf = _resetForSleep
     gp.waitabort = _abortSleep
-    await trap(PARK)
+    await park
 
 
 # ---------------------------------------------------------------------------
@@ -199,7 +199,7 @@ async def sleep(seconds: float) -> None:
 
 
 def _currentP() -> tuple[schedt | None, P | None]:
-    gp = curg_var.get()
+    gp = getg()
     if gp is None:
         return None, None
     m = gp.m

@@ -1,16 +1,23 @@
-"""The single trap through which every G suspends, and the requests it carries.
+"""The traps through which every G suspends, and the requests they carry.
 
 Mirrors the role of ``mcall`` (asm_*.s): a G switches to its M's scheduling loop
-(G0) by yielding one request object from the only ``yield`` in the library.
-Requests are Go-shaped: ``PARK`` (gopark), ``GOSCHED`` (Gosched), ``PREEMPT``
-(gopreempt_m) and ``SyscallReq`` (entersyscall ... exitsyscall).
+(G0) by yielding one request object up its ``await`` chain. Requests are
+Go-shaped: ``PARK`` (gopark), ``GOSCHED`` (Gosched), ``PREEMPT`` (gopreempt_m)
+and ``SyscallReq`` (entersyscall ... exitsyscall).
+
+The M always resumes a G with ``send(None)``; whatever a waker passes to the G
+travels in ``gp.param``, which the G reads after it resumes (as Go code reads
+``gp.param`` after ``gopark`` returns). That is what lets the fixed requests be
+awaited through ``park``/``gosched``/``preempt``: objects whose ``__await__`` is
+a tuple's ``__iter__``, so a parked G holds a 48-byte tuple iterator instead of a
+generator frame (184 bytes), and suspending runs no Python frame at all.
 """
 
 from __future__ import annotations
 
 import types
-from collections.abc import Callable, Generator
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, cast
 
 
 class _Request:
@@ -30,6 +37,23 @@ GOSCHED = _Request("GOSCHED")
 PREEMPT = _Request("PREEMPT")
 
 
+def _fixedtrap(req: _Request) -> Awaitable[None]:
+    """An awaitable that suspends the G with ``req`` once, then returns None.
+
+    ``await`` calls ``type(obj).__await__(obj)``; a method-wrapper found on the
+    class is not a descriptor, so it is called without ``obj``: ``(req,).__iter__()``
+    returns a fresh tuple iterator that yields ``req``. ``throw``/``close`` into a G
+    parked on it raise at the ``await``, as for any non-generator iterator.
+    """
+    cls = type(f"_{req.name.lower()}trap", (), {"__slots__": (), "__await__": (req,).__iter__})
+    return cast(Awaitable[None], cls())
+
+
+park = _fixedtrap(PARK)  # ``await park`` = gopark (the G set its wait fields first)
+gosched_trap = _fixedtrap(GOSCHED)
+preempt = _fixedtrap(PREEMPT)
+
+
 class SyscallReq:
     """Run ``fn(*args, **kwargs)`` on the current M in syscall state (entersyscall)."""
 
@@ -45,13 +69,12 @@ class SyscallReq:
 
 
 @types.coroutine
-def trap(req: object) -> Generator[object, Any, Any]:
-    """Suspend the current G with ``req`` and return what the M resumes it with.
+def trap(req: object) -> Generator[object, None, None]:
+    """Suspend the current G with a request built at run time (``SyscallReq``).
 
-    This is the only ``yield`` in gmpworker: every blocking operation is an
-    ``async def`` that calls it, as curio's ``_kernel_trap`` and trio's traps do.
+    The M resumes it with None; results come back in ``gp.param``.
     """
-    return (yield req)
+    yield req
 
 
 def foreign_yield_error(req: object) -> TypeError:
