@@ -82,7 +82,6 @@ from kombu.serialization import loads as loads_message
 from kombu.serialization import prepare_accept_content
 
 from . import Cancelled, GHandle, Runtime, current_goid, sleep, syscall
-from . import proc as _proc
 from . import run as _run_to_completion
 
 __all__ = ["DeferToSync", "GMPPool", "GTask", "runtime_started", "runtime_stopping"]
@@ -464,18 +463,6 @@ class _Job:
         self._done.set()
 
 
-def _wake_sysmon(runtime: Runtime | None) -> None:
-    """Wake sysmon before a syscall, as Go's entersyscall does (``entersyscall_sysmon``).
-
-    Workaround: the runtime's ``entersyscall`` does not, so after an idle spell (sysmon
-    in ``sysmonwait``) a long syscall kept its P and the Gs queued behind it waited
-    for the whole call. Woken while this G's M still holds the P, sysmon keeps ticking
-    through the syscall and retakes the P as Go's would.
-    """
-    if runtime is not None:
-        _proc._wakesysmon(runtime.sched)
-
-
 # ---------------------------------------------------------------------------------------
 # The pool
 # ---------------------------------------------------------------------------------------
@@ -697,7 +684,6 @@ class GMPPool(BasePool):  # type: ignore[misc]
             native = self._native_body_of(job)
             if native is not None:
                 await self._native_phase(job, *native)
-            _wake_sysmon(self.runtime)
             await syscall(job.trace)
         except BaseException as exc:
             job.on_lost(exc)

@@ -39,7 +39,11 @@ async def syscall(fn: Callable[..., Any], *args: Any, block: bool = False, **kwa
 
 
 def entersyscall(m: M, gp: G) -> None:
-    """Mirrors runtime.reentersyscall: no blocking step, the P stays stealable."""
+    """Mirrors runtime.reentersyscall: no blocking step, the P stays stealable.
+
+    As Go's ``entersyscall_sysmon``, wake sysmon from its deep sleep: it is the one
+    that retakes this P if the call lasts, and it sleeps after an idle spell.
+    """
     gp.status = _Gsyscall
     pp = m.p
     if pp is None:  # the P was retaken earlier (unannotated blocking call)
@@ -49,6 +53,7 @@ def entersyscall(m: M, gp: G) -> None:
     m.oldp = pp
     m.p = None
     pp.status = _Psyscall
+    proc._wakesysmon(m.sched)
 
 
 def entersyscallblock(m: M, gp: G) -> None:
