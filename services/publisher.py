@@ -27,14 +27,11 @@ from typing import Any
 from celery import Celery
 from kombu import Connection
 
+from services.messaging import APPLY_ITEM_UPDATE, PERSIST_ORDER, routing_config
 from services.metrics import ORDER_PUBLISH_LATENCY
 from services.settings import Settings
-from services.worker.deadletter import durable_queue
 
 log = logging.getLogger(__name__)
-
-PERSIST_ORDER = "services.worker.tasks.persist_order"
-APPLY_ITEM_UPDATE = "services.worker.tasks.apply_item_update"
 
 
 class PublishError(Exception):
@@ -45,17 +42,7 @@ def make_celery_app(settings: Settings) -> Celery:
     """A publish-only Celery app whose queues and routes match the worker's."""
     app = Celery("flashsale-api", broker=settings.broker_url, set_as_current=False)
     app.conf.update(
-        task_queues=(
-            durable_queue(settings.order_queue),
-            durable_queue(settings.item_update_queue),
-        ),
-        task_routes={
-            PERSIST_ORDER: {"queue": settings.order_queue},
-            APPLY_ITEM_UPDATE: {"queue": settings.item_update_queue},
-        },
-        broker_transport_options={"confirm_publish": True},
-        task_serializer="json",
-        task_ignore_result=True,
+        **routing_config(settings),
         # The caller decides what a failure means (compensate, 503): no hidden retries.
         task_publish_retry=False,
     )

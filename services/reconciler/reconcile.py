@@ -33,6 +33,7 @@ from amqp.exceptions import NotFound
 from celery import Celery
 from psycopg_pool import ConnectionPool
 
+from services.messaging import PERSIST_ORDER
 from services.metrics import (
     ORDERS_REPUBLISHED,
     PENDING_ORDERS,
@@ -42,7 +43,7 @@ from services.metrics import (
 )
 from services.settings import Settings, get_settings
 from services.store import Order, OrderStore, task_payload
-from services.worker.app import PERSIST_ORDER, create_app
+from services.worker.app import create_app
 
 log = logging.getLogger(__name__)
 

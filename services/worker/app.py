@@ -23,15 +23,12 @@ from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_h
 
 from gmpworker import Runtime
 from gmpworker.celery import runtime_started
+from services.messaging import durable_queue, routing_config
 from services.settings import get_settings
 from services.swap import enforce_no_swap
 from services.worker.config import get_worker_options
 from services.worker.context import close_context
-from services.worker.deadletter import durable_queue
 from services.worker.runtime_metrics import register_runtime
-
-PERSIST_ORDER = "services.worker.tasks.persist_order"
-APPLY_ITEM_UPDATE = "services.worker.tasks.apply_item_update"
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +39,14 @@ def create_app() -> Celery:
     options = get_worker_options()
     celery = Celery("flashsale", broker=settings.broker_url, include=["services.worker.tasks"])
     celery.conf.update(
-        task_queues=(
-            durable_queue(settings.order_queue),
-            durable_queue(settings.item_update_queue),
-        ),
-        task_routes={
-            PERSIST_ORDER: {"queue": settings.order_queue},
-            APPLY_ITEM_UPDATE: {"queue": settings.item_update_queue},
-        },
+        **routing_config(settings),
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        broker_transport_options={"confirm_publish": True},
         broker_connection_retry_on_startup=True,
         # A lost broker connection would redeliver the running tasks' messages anyway;
         # cancelling them avoids running each twice at once (both are idempotent).
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        task_serializer="json",
         accept_content=["json"],
         worker_send_task_events=True,
         task_send_sent_event=True,

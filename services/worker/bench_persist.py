@@ -46,9 +46,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from services.messaging import PERSIST_ORDER
 from services.migrate import migrate
 from services.settings import get_settings
-from services.worker.app import PERSIST_ORDER
 from services.worker.app import app as service_app
 
 ROOT = Path(__file__).resolve().parents[2]

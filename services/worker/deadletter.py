@@ -22,12 +22,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange, Queue
 
-
-def durable_queue(name: str) -> Queue:
-    """A durable classic queue on its own direct exchange, as Celery declares a named queue."""
-    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
+from services.messaging import durable_queue
 
 
 def publish_dead_letter(

@@ -24,8 +24,9 @@ import psycopg
 import redis
 from celery import Task
 
+from services.messaging import APPLY_ITEM_UPDATE, PERSIST_ORDER
 from services.metrics import WORKER_TASKS
-from services.worker.app import APPLY_ITEM_UPDATE, PERSIST_ORDER, app
+from services.worker.app import app
 from services.worker.batching import BatchedOrderTask
 from services.worker.config import get_worker_options
 from services.worker.context import get_context

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from apitest_support import CATALOG_ITEMS, CATALOG_STOCK, Api, BrokerQueue
 
-pytestmark = pytest.mark.anyio
+from services.messaging import APPLY_ITEM_UPDATE
 
-APPLY_ITEM_UPDATE = "services.worker.tasks.apply_item_update"
+pytestmark = pytest.mark.anyio
 
 
 async def test_warmup_fills_cache_and_keeps_live_stock_unless_reset(api: Api) -> None:

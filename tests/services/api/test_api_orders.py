@@ -12,12 +12,11 @@ import redis
 from apitest_support import CATALOG_STOCK, Api, BrokerQueue, dead_url, sample
 
 from services.api.main import create_app
+from services.messaging import PERSIST_ORDER
 from services.settings import Settings
 from services.store import OrderStore
 
 pytestmark = pytest.mark.anyio
-
-PERSIST_ORDER = "services.worker.tasks.persist_order"
 
 
 def order(item_id: int = 1, quantity: int = 1, user_id: str = "alice") -> dict[str, object]:

@@ -13,10 +13,10 @@ import pytest
 from kombu import Connection
 from prometheus_client import REGISTRY
 
+from services.messaging import durable_queue
 from services.reconciler import Reconciler
 from services.settings import get_settings
 from services.store import Order, OrderStore, Outcome, Status, task_payload
-from services.worker.deadletter import durable_queue
 
 
 @pytest.fixture

@@ -20,10 +20,11 @@ import redis
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.messaging import PERSIST_ORDER
 from services.settings import get_settings
 from services.store import Order as StoredOrder
 from services.store import OrderStore, Outcome, task_payload
-from services.worker.app import PERSIST_ORDER, create_app
+from services.worker.app import create_app
 
 ROOT = Path(__file__).resolve().parents[3]
 

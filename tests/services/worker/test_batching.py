@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 
+from services.messaging import PERSIST_ORDER
 from services.store import Status
-from services.worker.app import PERSIST_ORDER
 from services.worker.batching import OrderBatcher, settled_outcomes
 from services.worker.orders import CommitOutcome
 from services.worker.persistence import Order, PersistResult

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
+from services.messaging import APPLY_ITEM_UPDATE
 from services.settings import get_settings
 from services.store import Status
-from services.worker.app import APPLY_ITEM_UPDATE
 
 if TYPE_CHECKING:  # fixtures' types, from this directory's conftest
     from conftest import Harness, WorkerProcess

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from kombu import Connection
 
+from services.messaging import PERSIST_ORDER, durable_queue
 from services.settings import get_settings
 from services.store import Outcome, Status
-from services.worker.app import PERSIST_ORDER
-from services.worker.deadletter import durable_queue
 
 if TYPE_CHECKING:  # fixtures' types, from this directory's conftest
     from conftest import Harness, WorkerProcess
