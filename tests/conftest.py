@@ -7,32 +7,19 @@ service, engine or browser can never pass silently.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
-REQUIRE_ALL = os.environ.get("REQUIRE_ALL") == "1"
-PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres")
-REDIS_HOST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-AMQP_HOST = os.environ.get("TEST_AMQP_HOST", "127.0.0.1:5672")
-
-
-def require(condition: object, reason: str) -> None:
-    """Skip with ``reason`` unless ``condition`` holds; fail instead under REQUIRE_ALL=1."""
-    if condition:
-        return
-    if REQUIRE_ALL:
-        pytest.fail(f"required but missing (REQUIRE_ALL=1): {reason}")
-    pytest.skip(reason)
-
-
-def unique_name(kind: str) -> str:
-    """A name no other test run uses: ``t_<kind>_<hex>``."""
-    return f"t_{kind}_{uuid.uuid4().hex[:10]}"
+from tests.support import (
+    AMQP_HOST,
+    PG_ADMIN_URL,
+    REDIS_HOST_URL,
+    create_vhost,
+    delete_vhost,
+    require,
+    unique_name,
+)
 
 
 @pytest.fixture
@@ -59,17 +46,9 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture
 def amqp_url() -> Iterator[str]:
     """A fresh RabbitMQ vhost for guest; deleted afterwards."""
-    ctl = shutil.which("rabbitmqctl")
-    require(ctl, "rabbitmqctl not found: RabbitMQ is not installed here")
-    vhost = unique_name("vh")
-    subprocess.run([ctl, "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(
-        [ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
+    vhost = create_vhost()
     yield f"amqp://guest:guest@{AMQP_HOST}/{vhost}"
-    subprocess.run([ctl, "-q", "delete_vhost", vhost], capture_output=True)
+    delete_vhost(vhost)
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require
 
 from loadtest.stack import COMPOSE_FILE, DATASTORES_FILE, ROOT, ComposeStack
+from tests.support import require
 
 DATASTORE_PORTS = {6379, 5432, 5672}
 PUBLISHERS = {"api", "prometheus", "grafana", "locust-master"}

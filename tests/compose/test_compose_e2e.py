@@ -10,7 +10,6 @@ does not disturb a stack someone else runs. Durations are printed, not asserted.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -19,9 +18,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import require
 
 from loadtest.stack import ComposeStack
+from tests.support import free_port, require
 
 pytestmark = pytest.mark.compose
 
@@ -35,12 +34,6 @@ def _engine_reachable() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[ComposeStack]:
     """A fresh stack, built offline and healthy; removed with its volumes afterwards."""
@@ -48,8 +41,8 @@ def stack() -> Iterator[ComposeStack]:
         _engine_reachable(), "no Docker engine reachable (run ../shared/tools/docker-engine-up)"
     )
     env = {
-        "FLASHSALE_API_PORT": str(_free_port()),
-        "FLASHSALE_PROMETHEUS_PORT": str(_free_port()),
+        "FLASHSALE_API_PORT": str(free_port()),
+        "FLASHSALE_PROMETHEUS_PORT": str(free_port()),
     }
     stack = ComposeStack(project=f"fse2e{uuid.uuid4().hex[:8]}", env=env)
     try:

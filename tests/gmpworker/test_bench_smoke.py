@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require
+
+from tests.support import require
 
 pytestmark = pytest.mark.timeout(300)  # the bench subprocess itself is bounded at 240 s
 

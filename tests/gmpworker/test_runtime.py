@@ -162,6 +162,101 @@ def test_cancel_running_syscall_raises_when_it_returns() -> None:
         assert after == []
 
 
+class _Nudge(Exception):
+    """What the throw tests deliver into a G."""
+
+
+@pytest.mark.parametrize("where", ["recv", "sleep", "syscall"])
+def test_throw_is_delivered_once_then_the_g_awaits_normally(where: str) -> None:
+    with gmp.Runtime(procs=2) as rt:
+        ch: gmp.Chan[int] = gmp.Chan()
+        caught: list[BaseException] = []
+
+        async def body() -> str:
+            try:
+                if where == "recv":
+                    await ch.recv()
+                elif where == "sleep":
+                    await gmp.sleep(30)
+                else:
+                    await gmp.syscall(time.sleep, 0.2)
+            except _Nudge as e:
+                caught.append(e)
+            await gmp.sleep(0.01)  # one-shot: later park points do not raise it again
+            return f"got {await ch.recv()}"
+
+        h = rt.submit(body)
+        time.sleep(0.05)
+        nudge = _Nudge("once")
+        assert h.throw(nudge)
+        rt.submit(ch.send, 7)  # a parked recv's sudog must be gone, or this is lost
+        assert h.result(timeout=5) == "got 7"
+        assert caught == [nudge]
+        assert not h.throw(_Nudge("late"))  # already done
+
+
+def test_throw_reaches_a_runnable_g_at_its_next_trap() -> None:
+    with gmp.Runtime(procs=1) as rt:
+        ch: gmp.Chan[int] = gmp.Chan(1)
+        started = threading.Event()
+
+        async def spinner() -> int:
+            rounds = 0
+            started.set()
+            try:
+                while True:  # never parks: the buffer always has room / a value
+                    await ch.send(rounds)
+                    await ch.recv()
+                    rounds += 1
+            except _Nudge:
+                return rounds
+
+        h = rt.submit(spinner)
+        assert started.wait(5)
+        assert h.throw(_Nudge("stop spinning"))
+        assert h.result(timeout=5) >= 0
+
+
+def test_uncaught_throw_ends_the_g_and_cancel_stays_sticky_after_it() -> None:
+    with gmp.Runtime(procs=1, panic_hook=lambda goid, exc: None) as rt:
+        ch: gmp.Chan[int] = gmp.Chan()
+        h = rt.submit(ch.recv)
+        time.sleep(0.05)
+        assert h.throw(_Nudge("uncaught"))
+        with pytest.raises(_Nudge, match="uncaught"):
+            h.result(timeout=5)
+
+        seen: list[str] = []
+
+        async def stubborn() -> None:
+            for _ in range(3):
+                try:
+                    await ch.recv()
+                except (_Nudge, gmp.Cancelled) as e:
+                    seen.append(type(e).__name__)
+            await ch.recv()
+
+        h = rt.submit(stubborn)
+        time.sleep(0.05)
+        assert h.throw(_Nudge("first"))
+        assert h.cancel()  # the pending throw comes first, then Cancelled at every park
+        with pytest.raises(gmp.Cancelled):
+            h.result(timeout=5)
+        assert seen == ["_Nudge", "Cancelled", "Cancelled"]
+
+
+def test_throw_needs_an_exception_instance() -> None:
+    with gmp.Runtime(procs=1) as rt:
+        h = rt.submit(gmp.sleep, 30)
+        with pytest.raises(TypeError, match="exception instance"):
+            h.throw(ValueError)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="exception instance"):
+            h.throw("stop")  # type: ignore[arg-type]
+        assert h.cancel()
+        with pytest.raises(gmp.Cancelled):
+            h.result(timeout=5)
+
+
 def test_submit_bad_input_and_lifecycle_errors() -> None:
     rt = gmp.Runtime(procs=1)
     with pytest.raises(RuntimeError, match="start"):

@@ -176,6 +176,7 @@ def test_worker_lost_g_is_requeued_by_celerys_rules(
 def test_soft_time_limit_is_raised_inside_sync_and_async_bodies(
     testapp: Any, shared_worker: PoolWorker
 ) -> None:
+    # async_soft catches the limit, then awaits gmp.sleep and a channel: it must succeed.
     assert testapp.soft_sync.delay().get(timeout=20) == "soft"
     assert testapp.async_soft.delay().get(timeout=20) == "soft"
 

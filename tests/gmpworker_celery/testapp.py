@@ -142,11 +142,18 @@ async def async_fanout(n: int) -> int:
 
 @app.task(base=GTask, soft_time_limit=0.3)
 async def async_soft() -> str:
-    """Parks far beyond its soft limit; SoftTimeLimitExceeded arrives at the await."""
+    """Parks far beyond its soft limit; SoftTimeLimitExceeded arrives at the await.
+
+    Having caught it, the body awaits again (a sleep, a channel hand-off) and ends
+    normally: the soft limit is delivered once, not at every later park point.
+    """
     try:
         await gmp.sleep(30)
     except SoftTimeLimitExceeded:
-        return "soft"
+        await gmp.sleep(0.05)
+        ch: gmp.Chan[str] = gmp.Chan(1)
+        await ch.send("soft")
+        return await ch.recv() or "lost"
     return "not interrupted"
 
 

@@ -16,21 +16,10 @@ from pathlib import Path
 import pytest
 
 from loadtest.report import LOCUST_HTML, PLOT_FILE, REPORT_FILE, SUMMARY_FILE
+from tests.support import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nobody listens on right now (held open together so they differ)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 @pytest.mark.slow

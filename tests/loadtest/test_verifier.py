@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import psycopg
 import pytest
 import redis
-from conftest import REDIS_HOST_URL
 
 from loadtest.records import Bucket, OrderRecord, Recorded, Tick
 from loadtest.verifier import (
@@ -28,6 +27,7 @@ from loadtest.verifier import (
     verify,
 )
 from services.keys import Keys
+from tests.support import REDIS_HOST_URL
 
 INITIAL = {1: 10, 2: 10, 3: 10}
 T0 = time.time() - 60  # the crafted run started a minute ago

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -28,18 +27,22 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import AMQP_HOST, PG_ADMIN_URL, REDIS_HOST_URL, require, unique_name
+
+from tests.support import (
+    AMQP_HOST,
+    PG_ADMIN_URL,
+    REDIS_HOST_URL,
+    create_vhost,
+    delete_vhost,
+    free_port,
+    free_ports,
+    require,
+    unique_name,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_ITEMS = 50
 START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = START_TIMEOUT_S) -> None:
@@ -137,20 +140,13 @@ def _run(argv: list[str], env: dict[str, str]) -> None:
     subprocess.run(argv, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
 
 
-def _create_isolation() -> tuple[dict[str, str], list[list[str]], str]:
-    """A fresh database, vhost and Redis prefix; the commands that remove them; the db name."""
-    require(shutil.which("rabbitmqctl"), "rabbitmqctl not found: RabbitMQ is not installed here")
+def _create_isolation() -> tuple[dict[str, str], str, str]:
+    """A fresh database, vhost and Redis prefix: the environment naming them, the db, the vhost."""
     psycopg = pytest.importorskip("psycopg")
-    db, vhost, prefix = unique_name("db"), unique_name("vh"), unique_name("rk") + ":"
+    db, prefix = unique_name("db"), unique_name("rk") + ":"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{db}"')
-    ctl = shutil.which("rabbitmqctl") or "rabbitmqctl"
-    subprocess.run([ctl, "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(
-        [ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
+    vhost = create_vhost()
     env = {
         "DATABASE_URL": psycopg.conninfo.make_conninfo(PG_ADMIN_URL, dbname=db),
         "BROKER_URL": f"amqp://guest:guest@{AMQP_HOST}/{vhost}",
@@ -158,36 +154,26 @@ def _create_isolation() -> tuple[dict[str, str], list[list[str]], str]:
         "CACHE_REDIS_URL": f"{REDIS_HOST_URL}/3",
         "REDIS_PREFIX": prefix,
     }
-    return env, [[ctl, "-q", "delete_vhost", vhost]], db
+    return env, db, vhost
 
 
-def _drop_isolation(db: str, prefix: str, cleanup: list[list[str]]) -> None:
+def _drop_isolation(db: str, vhost: str, prefix: str) -> None:
     import psycopg
     import redis
 
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-    for argv in cleanup:
-        subprocess.run(argv, capture_output=True)
+    delete_vhost(vhost)
     for n in (2, 3):
         with redis.Redis.from_url(f"{REDIS_HOST_URL}/{n}") as client:
             for key in client.scan_iter(match=f"{prefix}*", count=1000):
                 client.delete(key)
 
 
-def _missing_entry_points() -> list[str]:
-    """Service modules the stack needs that do not exist yet in this checkout."""
-    needed = ["services/api/main.py", "services/worker/app.py", "services/catalog"]
-    needed.append("services/reconciler/__main__.py")
-    return [p for p in needed if not (ROOT / p).exists() and not (ROOT / f"{p}.py").exists()]
-
-
 def start_live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """api + worker + reconciler on free ports, isolated, catalog seeded and warmed."""
-    missing = _missing_entry_points()
-    require(not missing, f"native stack entry points missing: {missing}")
-    isolation, cleanup, db = _create_isolation()
-    api_port, worker_port, reconciler_port = free_port(), free_port(), free_port()
+    isolation, db, vhost = _create_isolation()
+    api_port, worker_port, reconciler_port = free_ports(3)
     env = {
         **os.environ,
         **isolation,
@@ -231,7 +217,7 @@ def start_live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveS
         yield stack
     finally:
         stack.stop()
-        _drop_isolation(db, isolation["REDIS_PREFIX"], cleanup)
+        _drop_isolation(db, vhost, isolation["REDIS_PREFIX"])
 
 
 @contextlib.contextmanager

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PG_ADMIN_URL, REDIS_HOST_URL, require
-from livestack import free_port, query, run_prometheus, wait_http, wait_targets_up
+from livestack import query, run_prometheus, wait_http, wait_targets_up
 from promql_helpers import load_dashboards, panel_queries
+
+from tests.support import PG_ADMIN_URL, REDIS_HOST_URL, free_port, require
 
 pytestmark = pytest.mark.timeout(180)
 DEADLINE_S = 45.0

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import require
 from livestack import (
     LiveStack,
     query,
@@ -30,6 +29,7 @@ from livestack import (
 from promql_helpers import load_dashboards, metric_names, panel_queries
 
 from services.monitoring.scrape import Scrape
+from tests.support import require
 
 pytestmark = pytest.mark.timeout(420)
 

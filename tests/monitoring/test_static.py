@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import require
 from prometheus_client import REGISTRY as PROJECT_REGISTRY
 from prometheus_client import CollectorRegistry, generate_latest
 from promql_helpers import load_dashboards, metric_names, panel_queries
@@ -23,6 +22,7 @@ import services.metrics  # noqa: F401  (registers every service metric on the de
 from services.monitoring import dashboards
 from services.monitoring.scrape import Scrape
 from services.worker.runtime_metrics import register_runtime
+from tests.support import require
 
 MONITORING = Path(dashboards.__file__).parent
 DATASOURCES = MONITORING / "grafana/provisioning/datasources"
