@@ -39,14 +39,17 @@ Nothing in Celery is patched: the replay happens in the task class's ``run``.
 Time limits and termination (cooperative: nothing is killed)
 -------------------------------------------------------------
 - Soft limit: ``SoftTimeLimitExceeded`` is raised in the task. In a native body it is
-  thrown in at the G's next park point (a channel operation, ``sleep``, the return of
-  an ``await syscall``); in a synchronous body it is raised in its M's thread at the
-  next Python instruction (``PyThreadState_SetAsyncExc``), i.e. as soon as the current
-  blocking C call returns. The task may catch it, as with prefork.
+  thrown in once (``GHandle.throw``) at the G's next park point (a channel operation,
+  ``sleep``, the return of an ``await syscall``); in a synchronous body it is raised in
+  its M's thread at the next Python instruction (``PyThreadState_SetAsyncExc``), i.e. as
+  soon as the current blocking C call returns. The task may catch it and go on (a native
+  body may await again), as with prefork.
 - Hard limit: the failure is reported at once (``timeout_callback(False, limit)``:
   Celery marks it failed and acks or requeues by ``task_acks_on_failure_or_timeout``),
-  then the G is cancelled the same cooperative way and its late end is ignored.
-- ``terminate_job(goid)`` (``revoke --terminate``) cancels that G the same way.
+  then the task is interrupted the same cooperative way (a native body gets the
+  pool's ``_Interrupted``) and its late end is ignored.
+- ``terminate_job(goid)`` (``revoke --terminate``) interrupts that task the same way
+  (a native body gets ``Terminated``).
 - A G that ends without reporting (cancelled at shutdown, an internal error) reports
   ``WorkerLostError`` through ``error_callback``, so ``task_reject_on_worker_lost``
   requeues its message.
@@ -64,9 +67,8 @@ import logging
 import os
 import threading
 import time
-import types
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any
 
@@ -226,7 +228,7 @@ def _native_callable(task: Any) -> Callable[..., Coroutine[Any, Any, Any]] | Non
 
 
 class _Interrupted(BaseException):
-    """Raised in a sync body's thread after a hard limit or a terminate.
+    """Raised in the task after a hard limit (native body or thread) or a terminate (thread).
 
     A BaseException so the tracer does not record it as the task's failure: the pool
     has reported (hard limit) or Celery has announced (revoke) the outcome already.
@@ -239,29 +241,6 @@ _SetAsyncExc = ctypes.pythonapi.PyThreadState_SetAsyncExc
 def _raise_in_thread(tid: int, exc_type: type[BaseException] | None) -> None:
     """Raise ``exc_type`` in thread ``tid`` at its next instruction (None: withdraw it)."""
     _SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(exc_type) if exc_type else None)
-
-
-@types.coroutine
-def _interpose(coro: Coroutine[Any, Any, Any], job: _Job) -> Generator[Any, Any, Any]:
-    """Drive ``coro`` like ``await coro``, turning a pool cancellation into its reason.
-
-    ``GHandle.cancel`` can only raise ``Cancelled``; the task must see the reason
-    (``SoftTimeLimitExceeded``, ``Terminated``) at the await where it arrives.
-    """
-    value: Any = None
-    exc: BaseException | None = None
-    while True:
-        try:
-            request = coro.send(value) if exc is None else coro.throw(exc)
-        except StopIteration as stop:
-            return stop.value
-        value = exc = None
-        try:
-            value = yield request
-        except Cancelled as cancelled:
-            exc = job.reason_for(cancelled)
-        except BaseException as other:
-            exc = other
 
 
 def _exception_info(exc: BaseException) -> ExceptionInfo:
@@ -304,7 +283,6 @@ class _Job:
         "pool",
         "reported",
         "soft",
-        "soft_pending",
         "started",
         "target",
         "tid",
@@ -339,7 +317,6 @@ class _Job:
         self.watchdog: GHandle | None = None
         self.tid: int | None = None
         self.reported = False
-        self.soft_pending = False
         self.interrupt: BaseException | None = None
         self.started = 0.0
 
@@ -355,7 +332,7 @@ class _Job:
         self._done.wait(timeout)
 
     def terminate(self, signal: int | None = None) -> None:
-        """Celery's revoke hook; the G is cancelled by ``terminate_job`` (as gevent does)."""
+        """Celery's revoke hook; the task is interrupted by ``terminate_job`` (as gevent does)."""
 
     # -- reporting -----------------------------------------------------------------
 
@@ -390,31 +367,31 @@ class _Job:
 
     # -- interruption ----------------------------------------------------------------
 
-    def reason_for(self, cancelled: Cancelled) -> BaseException:
-        """The exception a native body sees when the pool cancelled its G."""
-        if self.soft_pending:
-            self.soft_pending = False
-            return SoftTimeLimitExceeded(self.soft)
-        if self.interrupt is not None:
-            return self.interrupt
-        return cancelled
+    def _signal(
+        self, thread_exc: type[BaseException], native_exc: BaseException, *, final: bool = False
+    ) -> None:
+        """Interrupt the task at its next chance, whichever phase it is in.
 
-    def _signal(self, exc_type: type[BaseException]) -> None:
-        """Raise ``exc_type`` in the task at its next chance, whichever phase it is in."""
+        The tracer's thread gets ``thread_exc`` raised (``PyThreadState_SetAsyncExc``
+        takes a class); a native body gets ``native_exc`` thrown into its G. A soft
+        limit may be caught and the body may keep awaiting; a ``final`` interrupt (hard
+        limit, terminate) also cancels the G, so every later await raises again.
+        """
         with self._lock:
             if self.phase == _TRACING and self.tid is not None:
-                _raise_in_thread(self.tid, exc_type)
+                _raise_in_thread(self.tid, thread_exc)
                 return
         if self.phase == _NATIVE and self.handle is not None:
-            self.handle.cancel()
+            self.handle.throw(native_exc)
+            if final:
+                self.handle.cancel()
 
     def soft_expired(self) -> None:
         """The soft limit passed: tell Celery (it logs), raise SoftTimeLimitExceeded."""
         if self.phase == _ENDED or self.reported:
             return
         self._report_timeout(True, self.soft)
-        self.soft_pending = True
-        self._signal(SoftTimeLimitExceeded)
+        self._signal(SoftTimeLimitExceeded, SoftTimeLimitExceeded(self.soft))
 
     def hard_expired(self) -> None:
         """The hard limit passed: report the failure now, then stop the task."""
@@ -422,14 +399,14 @@ class _Job:
             return
         self.interrupt = _Interrupted(f"hard time limit ({self.hard}s) exceeded")
         self._report(self.timeout_callback, False, self.hard)
-        self._signal(_Interrupted)
+        self._signal(_Interrupted, self.interrupt, final=True)
 
     def terminated(self, signal: int | None) -> None:
         """``revoke --terminate``: stop the task at its next chance."""
         if self.phase == _ENDED:
             return
         self.interrupt = Terminated(signal)
-        self._signal(_Interrupted)
+        self._signal(_Interrupted, self.interrupt, final=True)
 
     def _report_timeout(self, soft: bool, limit: float | None) -> None:
         if self.timeout_callback is not None:
@@ -706,7 +683,7 @@ class GMPPool(BasePool):  # type: ignore[misc]
         args, kwargs, request = self._decode(job)
         token = _native_request.set((task, request))
         try:
-            value = await _interpose(body(*args, **kwargs), job)
+            value = await body(*args, **kwargs)
         except Exception as exc:
             outcome = _Outcome(exc=exc)
         else:
@@ -746,7 +723,7 @@ class GMPPool(BasePool):  # type: ignore[misc]
     # -- control -------------------------------------------------------------------
 
     def terminate_job(self, pid: int, signal: int | None = None) -> None:
-        """``revoke --terminate``: cancel the G ``pid`` cooperatively."""
+        """``revoke --terminate``: interrupt the task in G ``pid`` cooperatively."""
         with self._lock:
             job = self._jobs.get(pid)
         if job is not None:

@@ -565,21 +565,26 @@ def goready(gp: G, pp: P | None) -> None:
         wakep(sched)
 
 
-def ready_cancelled(gp: G, pp: P | None) -> bool:
-    """Pull a parked G off its wait queue and ready it with ``Cancelled`` pending.
+def ready_interrupted(gp: G, pp: P | None) -> bool:
+    """Pull a parked G off its wait queue and ready it with its pending exception.
 
-    Python-only (GHandle.cancel). Returns whether this call won the G.
+    Python-only (GHandle.cancel/throw). The exception is taken before the G is won,
+    so a one-shot throw is delivered by one caller only; a caller that then loses
+    the G (a waker or another canceller got it first) puts the exception back for
+    the next park point. Returns whether this call won the G.
     """
     abort = gp.waitabort
-    if gp.status != _Gwaiting or abort is None or not abort(gp):
+    if gp.status != _Gwaiting or abort is None:
         return False
-    gp.exc = Cancelled(f"goroutine {gp.goid} cancelled")
+    exc = gp._takeinterrupt()
+    if exc is None:
+        return False
+    if not abort(gp):
+        gp._restoreinterrupt(exc)
+        return False
+    gp.exc = exc
     goready(gp, pp)
     return True
-
-
-def _cancelrequested(gp: G) -> bool:
-    return gp._cancelreq
 
 
 def goexit(m: M, gp: G, result: Any, exc: BaseException | None) -> None:
@@ -616,6 +621,7 @@ def _gfree(gp: G) -> None:
     gp.waiting = None  # its sudog points back at it (sudog.g)
     gp.timer = None  # so does its sleep timer (timer.arg)
     gp.param = None  # a sudog too, possibly
+    gp._throwexc = None  # a throw() the G finished before reaching
 
 
 def _panic(sched: schedt, gp: G, exc: BaseException) -> None:
@@ -719,15 +725,17 @@ def schedule(m: M) -> None:
                     if lk is not None:
                         gp.waitlock = None
                         lk.release()
-                    if gp.preempt and _cancelrequested(gp):
-                        ready_cancelled(gp, m.p)
+                    if gp.preempt:
+                        ready_interrupted(gp, m.p)
                     break
                 if park_m(m, gp):
                     break
             elif req is GOSCHED or req is PREEMPT:
-                if req is PREEMPT and _cancelrequested(gp):
-                    gp.exc = Cancelled(f"goroutine {gp.goid} cancelled")
-                    continue
+                if req is PREEMPT:
+                    exc = gp._takeinterrupt()
+                    if exc is not None:
+                        gp.exc = exc
+                        continue
                 gosched_m(m, gp)
                 break
             elif type(req) is SyscallReq:
@@ -788,14 +796,19 @@ def park_m(m: M, gp: G) -> bool:
         gp.m = m
         m.curg = gp
         return False
-    if gp.preempt and _cancelrequested(gp):
-        ready_cancelled(gp, m.p)
+    if gp.preempt:
+        ready_interrupted(gp, m.p)
     return True
 
 
 def gosched_m(m: M, gp: G) -> None:
     """The G goes to the global queue. Mirrors runtime.goschedImpl (gosched_m/gopreempt_m)."""
-    gp.preempt = _cancelrequested(gp)  # keep a pending cancel visible to the next trap
+    # Keep a pending cancel/throw visible to the next trap. Reset, then set again: a
+    # foreign cancel/throw records its request before setting preempt, so whichever
+    # way it interleaves with these lines, preempt ends up True.
+    gp.preempt = False
+    if gp._interruptpending():
+        gp.preempt = True
     gp.status = _Grunnable
     m.curg = None
     gp.m = None

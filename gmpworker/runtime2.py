@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
+from .errors import Cancelled
 from .trap import park
 
 if TYPE_CHECKING:
@@ -118,14 +119,24 @@ class GHandle:
     """What ``go()``/``Runtime.submit()`` return: the G itself, seen as a handle.
 
     ``goid``, ``done()``, ``result(timeout)`` (from foreign threads), ``await h`` /
-    ``await h.wait()`` (inside a G), ``add_done_callback(cb)`` and ``cancel()``.
+    ``await h.wait()`` (inside a G), ``add_done_callback(cb)``, ``cancel()`` and
+    ``throw(exc)``.
     Python-only: Go's ``go`` statement returns nothing. It is the base class of
     ``G`` so a spawn allocates one record, not two.
     """
 
     # goid, status and preempt are the G's own fields, declared here because the
     # handle methods use them.
-    __slots__ = ("_cancelreq", "_exc", "_result", "_waiters", "goid", "preempt", "status")
+    __slots__ = (
+        "_cancelreq",
+        "_exc",
+        "_result",
+        "_throwexc",
+        "_waiters",
+        "goid",
+        "preempt",
+        "status",
+    )
     goid: int
     preempt: bool
     status: int
@@ -133,6 +144,7 @@ class GHandle:
     _exc: BaseException | None
     _waiters: list[Any] | None
     _cancelreq: bool
+    _throwexc: BaseException | None
 
     def done(self) -> bool:
         """True once the G has finished (returned, raised or was cancelled)."""
@@ -206,17 +218,65 @@ class GHandle:
     def cancel(self) -> bool:
         """Ask the G to stop: ``Cancelled`` is raised in it at its next park point.
 
-        A G parked right now is woken with it; a G in a syscall gets it when the
-        call returns. Returns False if the G had already finished.
+        Sticky: every later park point raises it again. A G parked right now is
+        woken with it; a G in a syscall gets it when the call returns; a runnable
+        G at its next trap. Safe from any thread. Returns False if the G had
+        already finished. Python-only, like ``throw``.
         """
         if self.status == _Gdead:
             return False
         self._cancelreq = True
-        self.preempt = True  # makes the G's next trap look at the request
-        from .proc import ready_cancelled
+        return self._interrupt()
 
-        ready_cancelled(self, None)  # type: ignore[arg-type]
+    def throw(self, exc: BaseException) -> bool:
+        """Raise ``exc`` in the G once, at its next park point (as ``cancel`` does).
+
+        The G may catch it and keep awaiting normally. A throw not yet delivered
+        is replaced by a newer one; a pending ``throw`` is delivered before a
+        standing ``cancel``. Safe from any thread. Returns False if the G had
+        already finished. Python-only: Go cannot raise in another goroutine.
+        """
+        if not isinstance(exc, BaseException):
+            raise TypeError(f"throw() needs an exception instance, not {type(exc).__name__}")
+        if self.status == _Gdead:
+            return False
+        with _hlock:
+            self._throwexc = exc
+        return self._interrupt()
+
+    def _interrupt(self) -> bool:
+        """Make a pending cancel/throw reach the G: wake it if parked, else flag its trap."""
+        # preempt is set after the request (never before) so that gosched_m's reset of
+        # it cannot hide the request: see gosched_m.
+        self.preempt = True
+        from .proc import ready_interrupted
+
+        ready_interrupted(self, None)  # type: ignore[arg-type]
         return True
+
+    def _interruptpending(self) -> bool:
+        """Whether a cancel or an undelivered throw waits for the G's next park point."""
+        return self._cancelreq or self._throwexc is not None
+
+    def _takeinterrupt(self) -> BaseException | None:
+        """The exception to deliver now: a pending throw (taken once), else Cancelled
+        while cancel() stands, else None."""
+        exc = None
+        if self._throwexc is not None:
+            with _hlock:  # a foreign throw() may be replacing it right now
+                exc = self._throwexc
+                self._throwexc = None
+        if exc is None and self._cancelreq:
+            exc = Cancelled(f"goroutine {self.goid} cancelled")
+        return exc
+
+    def _restoreinterrupt(self, exc: BaseException) -> None:
+        """Put back a taken exception that could not be delivered (unless a newer throw
+        replaced it), for the G's next park point."""
+        with _hlock:
+            if self._throwexc is None:
+                self._throwexc = exc
+        self.preempt = True
 
     def _complete(self, result: Any, exc: BaseException | None, pp: P | None) -> None:
         """goexit: record the outcome, mark the G dead and wake everything waiting."""
@@ -287,7 +347,7 @@ class G(GHandle):
         # gopark(unlockf, lock): unlockf(gp, lock) -> bool runs after the G is _Gwaiting.
         self.waitlock: Any = None
         self.waitunlockf: Callable[[G, Any], bool] | None = None
-        # Python-only: how to pull a parked G off its wait queue for GHandle.cancel().
+        # Python-only: how to pull a parked G off its wait queue for GHandle.cancel/throw.
         # Returns True when it removed the G (so nobody else will ready it).
         self.waitabort: Callable[[G], bool] | None = None
         self.timer: Timer_ | None = None
@@ -299,6 +359,7 @@ class G(GHandle):
         self._exc = None
         self._waiters = None
         self._cancelreq = False
+        self._throwexc = None  # GHandle.throw's exception until it is delivered
 
     def __repr__(self) -> str:
         return f"<G{self.goid} {GSTATUS_NAMES.get(self.status, self.status)}>"

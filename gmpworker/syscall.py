@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from . import proc
-from .errors import Cancelled
 from .runtime2 import G, M, P, _Grunnable, _Grunning, _Gsyscall, _Psyscall, getg
 from .trap import SyscallReq, trap
 
@@ -81,9 +80,11 @@ def syscall_m(m: M, gp: G, req: SyscallReq) -> bool:
         gp.param = gp.ctx.run(req.fn, *req.args, **req.kwargs)
     except BaseException as e:
         gp.exc = e
-    if gp.preempt and proc._cancelrequested(gp):
-        gp.param = None
-        gp.exc = Cancelled(f"goroutine {gp.goid} cancelled")
+    if gp.preempt:
+        interrupt = gp._takeinterrupt()  # GHandle.cancel/throw during the call
+        if interrupt is not None:
+            gp.param = None
+            gp.exc = interrupt
     return exitsyscall(m, gp)
 
 
