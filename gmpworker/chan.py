@@ -23,6 +23,7 @@ from .runtime2 import (
     G,
     M,
     P,
+    callerP,
     mtls,
     sudog,
     waitReasonChanReceive,
@@ -51,15 +52,6 @@ def _parkon(gp: G, c: Chan[Any], elem: Any, reason: str) -> sudog:
     gp.waitlock = c.lock
     gp.waitabort = _abortChan
     return sg
-
-
-def _callerP() -> P | None:
-    """The P to ready Gs onto: the current G's, or None (global queue) elsewhere."""
-    try:
-        m = mtls.m
-    except AttributeError:  # a foreign thread
-        return None
-    return m.p if m.curg is not None else None
 
 
 def _curm(what: str) -> M:
@@ -240,7 +232,7 @@ class Chan(Generic[T]):
 
     def try_send(self, v: T) -> bool:
         """Non-blocking send (Go's ``select { case ch <- v: default: }``); True if sent."""
-        return self._send(v, _callerP(), None)
+        return self._send(v, callerP(), None)
 
     def _trysend(self, v: T, pp: P | None) -> bool:
         """selectnbsend with an explicit P (timers call it from the M loop)."""
@@ -374,7 +366,7 @@ class Chan(Generic[T]):
         ``ready`` False: nothing to receive (the receive would block). Otherwise
         ``(value, ok)`` are what ``recv2`` would return.
         """
-        r = self._recv(_callerP(), None)
+        r = self._recv(callerP(), None)
         if r is None:
             return None, False, False
         return r[0], r[1], True
@@ -403,7 +395,7 @@ class Chan(Generic[T]):
                 sg.g.param = sg
                 glist.append(sg.g)
         lock.release()
-        pp = _callerP()
+        pp = callerP()
         for g in glist:
             goready(g, pp)
 

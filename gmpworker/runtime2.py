@@ -96,6 +96,15 @@ def getg() -> G | None:
         return None
 
 
+def callerP() -> P | None:
+    """The P to ready Gs onto: the current G's, or None (the global queue) elsewhere."""
+    try:
+        m = mtls.m
+    except AttributeError:  # a foreign thread
+        return None
+    return m.p if m.curg is not None else None
+
+
 _LockType = type(_thread.allocate_lock())
 # One lock for every handle's completion state: completion and waiting are rare
 # compared with switches, and a per-G lock would cost memory per parked G.

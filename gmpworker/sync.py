@@ -20,9 +20,8 @@ from typing import Any
 from .proc import goready
 from .runtime2 import (
     G,
-    P,
+    callerP,
     getg,
-    mtls,
     waitReasonSemacquire,
     waitReasonSyncCondWait,
 )
@@ -34,14 +33,6 @@ mutexStarving = 4
 mutexWaiterShift = 3
 starvationThresholdNs = 1_000_000
 rwmutexMaxReaders = 1 << 30
-
-
-def _callerP() -> P | None:
-    try:
-        m = mtls.m
-    except AttributeError:  # a foreign thread
-        return None
-    return m.p if m.curg is not None else None
 
 
 def _curg(what: str) -> G:
@@ -114,7 +105,7 @@ class Sema:
             if handoff and self.count > 0:
                 self.count -= 1
                 w.ticket = True
-        goready(w.g, _callerP())
+        goready(w.g, callerP())
 
 
 class Mutex:
@@ -421,7 +412,7 @@ class Cond:
             nl.notify += 1
             gp = nl.waiters.pop(t, None)
         if gp is not None:
-            goready(gp, _callerP())
+            goready(gp, callerP())
 
     def broadcast(self) -> None:
         """Wake every waiting G. Mirrors notifyListNotifyAll."""
@@ -430,6 +421,6 @@ class Cond:
             nl.notify = nl.wait
             gs = [nl.waiters[t] for t in sorted(nl.waiters)]
             nl.waiters.clear()
-        pp = _callerP()
+        pp = callerP()
         for gp in gs:
             goready(gp, pp)

@@ -2,55 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import redis
 from kombu import Connection
 
+from tests.support import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_root_conftest() -> ModuleType:
-    """tests/conftest.py as a module (``from conftest import`` is ambiguous: every test
-    directory with a conftest.py of its own shadows it)."""
-    name = "tests_root_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-_root = _load_root_conftest()
-require = _root.require
-unique_name = _root.unique_name
-AMQP_HOST: str = _root.AMQP_HOST
-PG_ADMIN_URL: str = _root.PG_ADMIN_URL
-REDIS_HOST_URL: str = _root.REDIS_HOST_URL
 APP = "tests.gmpworker_celery.testapp"
 POOL = "gmpworker.celery:GMPPool"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass

@@ -7,8 +7,6 @@ the tests that stop or kill a worker start their own.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,13 +18,13 @@ import pytest
 import redis
 from celery.exceptions import TaskRevokedError, TimeLimitExceeded
 
-from tests.gmpworker_celery.pool_support import (
+from tests.gmpworker_celery.pool_support import PoolWorker, events, ready_messages
+from tests.support import (
     AMQP_HOST,
     PG_ADMIN_URL,
     REDIS_HOST_URL,
-    PoolWorker,
-    events,
-    ready_messages,
+    create_vhost,
+    delete_vhost,
     require,
     unique_name,
     wait_until,
@@ -38,16 +36,7 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def pool_env() -> Iterator[dict[str, str]]:
     """A vhost and a Redis prefix of this module's own (PostgreSQL is only read)."""
-    ctl = shutil.which("rabbitmqctl")
-    require(ctl, "rabbitmqctl not found: RabbitMQ is not installed here")
-    assert ctl is not None
-    vhost = unique_name("vh")
-    subprocess.run([ctl, "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(
-        [ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
+    vhost = create_vhost()
     prefix = unique_name("rk") + ":"
     env = {
         "TEST_BROKER_URL": f"amqp://guest:guest@{AMQP_HOST}/{vhost}",
@@ -63,7 +52,7 @@ def pool_env() -> Iterator[dict[str, str]]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    subprocess.run([ctl, "-q", "delete_vhost", vhost], capture_output=True)
+    delete_vhost(vhost)
     client = redis.Redis.from_url(env["TEST_REDIS_URL"])
     for key in client.scan_iter(match=f"{prefix}*"):
         client.delete(key)
