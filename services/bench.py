@@ -10,7 +10,9 @@ four cases in turn from a separate load-generator process:
 - ``cache_hit``: ``GET /items/{id}`` on warm items (near cache, live stock from Redis);
 - ``db_read``: the same item read straight from PostgreSQL (a bench-only route);
 - ``order``: ``POST /orders`` acceptance (Lua reservation + confirmed publish; no
-  worker consumes, the queue is deleted afterwards).
+  worker consumes, the queue is deleted afterwards);
+- ``publish_only``: the same confirmed publishes through the api's own publisher, in
+  this process, with no HTTP and no Redis: the broker's ceiling for order acceptance.
 
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams (httpx
 would cost more CPU than the server on a small machine). It prints req/s, p50 and p99
@@ -50,6 +52,7 @@ from services.api.main import create_app
 from services.api.responses import OrjsonResponse
 from services.catalog import seed
 from services.migrate import migrate
+from services.publisher import TaskPublisher
 from services.settings import Settings
 
 HOT_ITEMS = 100
@@ -154,22 +157,58 @@ async def _drive(
             for _ in range(connections)
         )
     )
-    latencies = sorted(out["latencies"])
-    measured = max(time.perf_counter() - warm_until, 1e-9)
+    return _summary(case.name, out["latencies"], time.perf_counter() - warm_until, out["statuses"])
+
+
+def _summary(
+    name: str, latencies: list[float], measured: float, statuses: dict[str, int]
+) -> dict[str, Any]:
+    """One row: completed operations per second and latency percentiles."""
+    ordered = sorted(latencies)
 
     def pct(q: float) -> float:
-        return (
-            latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0
-        )
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0
 
     return {
-        "case": case.name,
-        "requests": len(latencies),
-        "rps": len(latencies) / measured,
+        "case": name,
+        "requests": len(ordered),
+        "rps": len(ordered) / max(measured, 1e-9),
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
-        "statuses": out["statuses"],
+        "statuses": statuses,
     }
+
+
+async def _publish_ceiling(
+    settings: Settings, seconds: float, warmup: float, concurrency: int
+) -> dict[str, Any]:
+    """The broker's share of an order: confirmed publishes through the api's own publisher
+    (same threads, same confirms) with no HTTP, no request handling and no Redis. Order
+    acceptance close to this rate is bounded by the broker, not by the event loop."""
+    publisher = TaskPublisher(settings)
+    latencies: list[float] = []
+    start = time.perf_counter()
+    warm_until, until = start + warmup, start + warmup + seconds
+
+    async def publish_loop() -> None:
+        while (began := time.perf_counter()) < until:
+            order = {
+                "order_id": str(uuid.uuid4()),
+                "item_id": 1,
+                "user_id": "bench",
+                "quantity": 1,
+                "accepted_at_ms": int(time.time() * 1000),
+            }
+            await publisher.publish_order(order)
+            if began >= warm_until:
+                latencies.append(time.perf_counter() - began)
+
+    try:
+        await asyncio.gather(*(publish_loop() for _ in range(concurrency)))
+    finally:
+        publisher.close()
+    measured = time.perf_counter() - warm_until
+    return _summary("publish_only", latencies, measured, {"confirmed": len(latencies)})
 
 
 def _load_main(args: argparse.Namespace) -> None:
@@ -306,7 +345,7 @@ def run(seconds: float, warmup: float, connections: int, console: Console) -> li
         port = _free_port()
         with api_process(env, port), Progress(console=console, transient=True) as progress:
             console.print(f"warmup: {_post(f'http://127.0.0.1:{port}/admin/warmup', {})}")
-            task = progress.add_task("benchmark", total=len(CASES))
+            task = progress.add_task("benchmark", total=len(CASES) + 1)
             for case in CASES:
                 progress.update(task, description=f"{case.name} ({seconds:.0f}s)")
                 out = subprocess.run(
@@ -332,6 +371,9 @@ def run(seconds: float, warmup: float, connections: int, console: Console) -> li
                 )
                 results.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 progress.advance(task)
+            progress.update(task, description=f"publish_only ({seconds:.0f}s)")
+            ceiling = _publish_ceiling(env.settings, seconds, warmup, connections)
+            results.append(asyncio.run(ceiling))
     return results
 
 
@@ -354,7 +396,9 @@ def report(results: list[dict[str, Any]], console: Console) -> None:
     by_case = {r["case"]: r["rps"] for r in results}
     console.print(
         f"cache hit / floor = {by_case['cache_hit'] / floor:.2f} (target >= 0.60), "
-        f"cache hit / db read = {by_case['cache_hit'] / by_case['db_read']:.1f}x (target >= 3x)"
+        f"cache hit / db read = {by_case['cache_hit'] / by_case['db_read']:.1f}x (target >= 3x), "
+        f"order acceptance / confirmed-publish ceiling = "
+        f"{by_case['order'] / by_case['publish_only']:.2f}"
     )
 
 
