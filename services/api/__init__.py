@@ -1,0 +1,1 @@
+"""The front API: FastAPI app factory (``main``), dependencies, routers, errors, schemas."""

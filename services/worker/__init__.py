@@ -1,0 +1,1 @@
+"""The worker service: a Celery app (``app``) and its tasks (``tasks``) on the gmpworker pool."""

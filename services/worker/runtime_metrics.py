@@ -3,7 +3,8 @@
 A custom collector reads ``runtime.stats()`` at scrape time instead of mirroring every
 scheduler event into prometheus-client objects, so the scheduler's hot path pays nothing
 and a scrape always shows one consistent snapshot (the numbers ``GMP_SCHEDTRACE``
-prints). The pool engineer calls :func:`register_runtime` once the Runtime exists.
+prints). The worker registers it when the gmpworker pool starts its Runtime
+(``services.worker.app``, on the pool's ``runtime_started`` signal).
 
 ``stats()`` keys read (``gmpworker/schedtrace.py`` ``sched_stats``): ``gomaxprocs``,
 ``idleprocs``, ``threads``, ``spinningthreads``, ``idlethreads``, ``runqueue`` (global),
