@@ -7,10 +7,11 @@ service, engine or browser can never pass silently.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.netfault import FaultProxy
 from tests.support import (
     AMQP_HOST,
     PG_ADMIN_URL,
@@ -90,3 +91,19 @@ def service_env(
     get_settings.cache_clear()
     yield env
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[[str, int], FaultProxy]]:
+    """A factory of :class:`tests.netfault.FaultProxy` in front of a real service; every proxy
+    it made is closed after the test."""
+    proxies: list[FaultProxy] = []
+
+    def make(host: str, port: int) -> FaultProxy:
+        proxy = FaultProxy(host, port)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
