@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import psycopg
 import pytest
+import redis
 
 from tests.netfault import FaultProxy
 from tests.support import (
@@ -26,7 +28,6 @@ from tests.support import (
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database with the project's migrations applied; dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
     from services.migrate import migrate
 
     name = unique_name("db")
@@ -55,7 +56,6 @@ def amqp_url() -> Iterator[str]:
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A key prefix of this test's own on DBs 2 (state) and 3 (cache), cleaned up afterwards."""
-    redis = pytest.importorskip("redis")
     prefix = unique_name("rk") + ":"
     clients = [redis.Redis.from_url(f"{REDIS_HOST_URL}/{db}") for db in (2, 3)]
     try:

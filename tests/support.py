@@ -7,13 +7,19 @@ fixtures built on them live in ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import fcntl
+import importlib
 import os
+import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -34,25 +40,74 @@ def require(condition: object, reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_module(name: str) -> ModuleType:
+    """Import ``name``, or skip naming it (a failure under REQUIRE_ALL=1)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        require(False, f"Python module {name} not importable: {exc}")
+        raise
+
+
 def unique_name(kind: str) -> str:
     """A name no other test run uses: ``t_<kind>_<hex>``."""
     return f"t_{kind}_{uuid.uuid4().hex[:10]}"
 
 
-def free_ports(count: int) -> list[int]:
-    """Loopback TCP ports nobody listens on right now (held open together so they differ)."""
-    socks = [socket.socket() for _ in range(count)]
+_EPHEMERAL_LOW = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "flashsale-test-ports"
+_held_port_locks: list[object] = []
+
+
+def _reserve(port: int) -> bool:
+    """Take the machine-wide lock of ``port`` for the life of this process, if it is free.
+
+    Two test processes (or CI beside a developer's run) could otherwise both pick the same
+    port between choosing it and their server binding it.
+    """
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    lock = (_PORT_LOCKS / str(port)).open("w")
     try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return False
+    _held_port_locks.append(lock)
+    return True
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback TCP ports for servers the test starts, distinct and free right now.
+
+    They are drawn below the kernel's ephemeral range, so no outgoing connection can be
+    given one between this call and the server's bind (the race a port from ``bind(0)``
+    has), and each is locked machine-wide for this process's life so that no other test
+    process picks it meanwhile.
+    """
+    ports: list[int] = []
+    candidates = list(range(20_000, _EPHEMERAL_LOW))
+    random.shuffle(candidates)
+    for port in candidates:
+        if len(ports) == count:
+            break
+        if port not in ports and _bindable(port) and _reserve(port):
+            ports.append(port)
+    if len(ports) < count:
+        raise RuntimeError(f"only {len(ports)} of {count} free ports below the ephemeral range")
+    return ports
 
 
 def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
+    """A loopback TCP port for a server the test starts (see :func:`free_ports`)."""
     return free_ports(1)[0]
 
 

@@ -3,6 +3,7 @@ format) over the tree, and mypy (strict) over gmpworker."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -30,3 +31,28 @@ def test_tool_is_clean(command: list[str]) -> None:
         [str(tool), *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+_SKIPPERS = {"importorskip", "skip", "skipif", "xfail"}
+
+
+def _skip_calls(path: Path) -> list[str]:
+    """``pytest.importorskip``/``skip``/``skipif``/``xfail`` uses in one file, as ``file:line``."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [
+        f"{path.relative_to(ROOT)}:{node.lineno} pytest...{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr in _SKIPPERS
+    ]
+
+
+def test_every_skip_goes_through_require() -> None:
+    """Only ``tests.support.require`` may skip: it alone turns into a failure under
+    REQUIRE_ALL=1, so nothing CI was meant to run can pass there as skipped."""
+    found = [
+        hit
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        if path.name != "support.py"
+        for hit in _skip_calls(path)
+    ]
+    assert not found, "skips that bypass require():\n" + "\n".join(found)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import yaml
 
@@ -142,7 +143,6 @@ def _run(argv: list[str], env: dict[str, str]) -> None:
 
 def _create_isolation() -> tuple[dict[str, str], str, str]:
     """A fresh database, vhost and Redis prefix: the environment naming them, the db, the vhost."""
-    psycopg = pytest.importorskip("psycopg")
     db, prefix = unique_name("db"), unique_name("rk") + ":"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{db}"')

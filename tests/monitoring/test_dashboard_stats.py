@@ -7,18 +7,17 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from fastapi import testclient
 
 from services.keys import Keys
 from services.monitoring.scrape import History, Scrape, Window, histogram_quantile
-from tests.support import REDIS_HOST_URL
+from tests.support import REDIS_HOST_URL, free_port
 
 
 @pytest.fixture
 def client(service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     """The real api app, its worker and reconciler metrics pointed at a closed port."""
-    testclient = pytest.importorskip("fastapi.testclient")
     from services.api.main import create_app
-    from tests.support import free_port
 
     nobody = f"http://127.0.0.1:{free_port()}/metrics"
     monkeypatch.setenv("WORKER_METRICS_URL", nobody)

@@ -29,7 +29,7 @@ from livestack import (
 from promql_helpers import load_dashboards, metric_names, panel_queries
 
 from services.monitoring.scrape import Scrape
-from tests.support import require
+from tests.support import require, require_module
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -122,7 +122,7 @@ def _launch_chromium(playwright: object) -> object:
 @pytest.mark.browser
 def test_builtin_dashboard_shows_every_panel_in_chromium(live_stack: LiveStack) -> None:
     """The page loads without console errors and every panel has data after a short load."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = require_module("playwright.sync_api")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     screenshot = ARTIFACTS / "dashboard.png"
     load = threading.Thread(target=live_stack.load, args=(LOAD_SECONDS,), daemon=True)

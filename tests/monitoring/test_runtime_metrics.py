@@ -7,10 +7,9 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+import gmpworker as gmp
 from services.monitoring.scrape import Scrape
 from services.worker.runtime_metrics import register_runtime, unregister_runtime
-
-gmp = pytest.importorskip("gmpworker")
 
 GS = 40
 

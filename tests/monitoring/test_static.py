@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY as PROJECT_REGISTRY
 from prometheus_client import CollectorRegistry, generate_latest
 from promql_helpers import load_dashboards, metric_names, panel_queries
 
+import gmpworker
 import services.metrics  # noqa: F401  (registers every service metric on the default registry)
 from services.monitoring import dashboards
 from services.monitoring.scrape import Scrape
@@ -123,10 +124,7 @@ def test_promtool_rejects_a_broken_query(tmp_path: Path) -> None:
 
 def _project_exposition() -> Scrape:
     """A real text exposition: every service metric and the collector over a real Runtime."""
-    gmp = pytest.importorskip("gmpworker")
-    runtime_cls = getattr(gmp, "Runtime", None)
-    require(runtime_cls is not None, "gmpworker.Runtime not available yet")
-    runtime = runtime_cls(procs=2)
+    runtime = gmpworker.Runtime(procs=2)
     registry = CollectorRegistry()
     register_runtime(runtime, registry)
     scrape = Scrape()
