@@ -40,14 +40,15 @@ What CPython changes, honestly:
   off anyway (counted as ``retakes_unannotated``).
 - A sysmon "20 us" tick is really 60 us to 5 ms under the GIL.
 - Receiving from a closed channel returns ``None`` (no typed zero values);
-  "panics" are Python exceptions; ``checkdead`` raises ``Deadlock`` from ``run()``.
+  Go's panics are ``GoPanic`` exceptions and its fatal errors ``FatalError`` (see
+  ``errors``); ``checkdead`` raises ``Deadlock`` (a fatal error) from ``run()``.
 """
 
 from __future__ import annotations
 
 from . import context, net
 from .chan import Case, Chan
-from .errors import Cancelled, ChanClosedError, Deadlock, GoPanic, Panic
+from .errors import Cancelled, ChanClosedError, Deadlock, FatalError, GoPanic, Panic, ValuePanic
 from .runtime import Runtime, current_goid, go, gosched, run, stats
 from .runtime2 import GHandle
 from .select import recv_case, select, send_case
@@ -62,6 +63,7 @@ __all__ = [
     "ChanClosedError",
     "Cond",
     "Deadlock",
+    "FatalError",
     "GHandle",
     "GoPanic",
     "Mutex",
@@ -71,6 +73,7 @@ __all__ = [
     "Runtime",
     "Ticker",
     "Timer",
+    "ValuePanic",
     "WaitGroup",
     "after",
     "context",

@@ -17,7 +17,7 @@ import itertools
 from collections import deque
 from typing import Any, Generic, TypeVar
 
-from .errors import ChanClosedError
+from .errors import ChanClosedError, ValuePanic
 from .proc import goready
 from .runtime2 import (
     G,
@@ -114,7 +114,7 @@ class Chan(Generic[T]):
         if not isinstance(cap, int) or isinstance(cap, bool):
             raise TypeError(f"channel capacity must be an int, got {type(cap).__name__}")
         if cap < 0:
-            raise ValueError(f"makechan: size out of range (negative capacity {cap})")
+            raise ValuePanic(f"makechan: size out of range (negative capacity {cap})")
         self.dataqsiz = cap
         self.buf: deque[T] = deque()
         self.closed = False

@@ -24,7 +24,7 @@ from typing import Any
 from . import syscall as _syscall
 from . import timers
 from .checkdead import checkdead
-from .errors import Cancelled
+from .errors import Cancelled, FatalError
 from .runtime2 import (
     LOCAL_RUNQ_CAP,
     G,
@@ -36,6 +36,7 @@ from .runtime2 import (
     _Gwaiting,
     _Pidle,
     _Prunning,
+    getg,
     mtls,
     schedt,
 )
@@ -624,6 +625,26 @@ def _gfree(gp: G) -> None:
     gp._throwexc = None  # a throw() the G finished before reaching
 
 
+def fatal(msg: str) -> FatalError:
+    """A fatal error for the caller to raise. Mirrors runtime.fatal (panic.go).
+
+    Go's ``fatal`` never returns: the process dies whatever the goroutine does. Inside
+    ``run()`` the runtime records the error and starts exiting before the caller
+    raises it, so the program ends with it even if the G catches it; ``run()`` then
+    raises it. An embedded Runtime (islibrary) cannot end the process: only the G
+    gets the exception.
+    """
+    err = FatalError(msg)
+    gp = getg()
+    if gp is not None and not gp.sched.islibrary:
+        sched = gp.sched
+        with sched.lock:
+            if sched.panicking is None:
+                sched.panicking = err
+            exit_locked(sched)
+    return err
+
+
 def _panic(sched: schedt, gp: G, exc: BaseException) -> None:
     """Report a panic: stop ``run()``, or call the embedder's hook (never silent)."""
     if not sched.islibrary:
@@ -1036,6 +1057,7 @@ def stealWork(m: M, now: int) -> tuple[G | None, bool, int, int, bool]:
 
 __all__ = [
     "acquirep",
+    "fatal",
     "findrunnable",
     "globrunqget",
     "globrunqput",

@@ -17,7 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .proc import goready
+from .errors import ValuePanic
+from .proc import fatal, goready
 from .runtime2 import (
     G,
     callerP,
@@ -188,7 +189,7 @@ class Mutex:
             awoke = True
 
     def unlock(self) -> None:
-        """Mirrors Mutex.Unlock. Unlocking an unlocked mutex raises RuntimeError."""
+        """Mirrors Mutex.Unlock. Unlocking an unlocked mutex is a ``FatalError`` (Go: fatal)."""
         new = self._add(-mutexLocked)
         if new != 0:
             self._unlockSlow(new)
@@ -196,7 +197,7 @@ class Mutex:
     def _unlockSlow(self, new: int) -> None:
         if (new + mutexLocked) & mutexLocked == 0:
             self._add(mutexLocked)
-            raise RuntimeError("sync: unlock of unlocked mutex")
+            raise fatal("sync: unlock of unlocked mutex")
         if new & mutexStarving:
             self.sema.release(handoff=True)
             return
@@ -253,7 +254,7 @@ class RWMutex:
         if r < 0:
             if r + 1 == 0 or r + 1 == -rwmutexMaxReaders:
                 self._addCount(1)
-                raise RuntimeError("sync: RUnlock of unlocked RWMutex")
+                raise fatal("sync: RUnlock of unlocked RWMutex")
             if self._addWait(-1) == 0:
                 self.writerSem.release()
 
@@ -269,7 +270,7 @@ class RWMutex:
         r = self._addCount(rwmutexMaxReaders)
         if r >= rwmutexMaxReaders:
             self._addCount(-rwmutexMaxReaders)
-            raise RuntimeError("sync: Unlock of unlocked RWMutex")
+            raise fatal("sync: Unlock of unlocked RWMutex")
         for _ in range(r):
             self.readerSem.release()
         self.w.unlock()
@@ -285,7 +286,7 @@ class RWMutex:
 class WaitGroup:
     """sync.WaitGroup: ``add(n)``, ``done()``, ``await wait()``.
 
-    A negative counter raises ValueError (Go panics "sync: negative WaitGroup counter").
+    A negative counter raises ``ValuePanic`` (Go panics "sync: negative WaitGroup counter").
     """
 
     __slots__ = ("_atomic", "counter", "sema", "waiters")
@@ -301,7 +302,7 @@ class WaitGroup:
         with self._atomic:
             v = self.counter + delta
             if v < 0:
-                raise ValueError("sync: negative WaitGroup counter")
+                raise ValuePanic("sync: negative WaitGroup counter")
             self.counter = v
             w = self.waiters
             if v > 0 or w == 0:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import proc as _proc
+from .errors import ValuePanic
 from .runtime2 import G, P, getg, schedt, waitReasonSleep
 from .trap import park
 
@@ -256,7 +257,7 @@ class Ticker(Timer):
 
     def __init__(self, seconds: float) -> None:
         if seconds <= 0:
-            raise ValueError("non-positive interval for Ticker")
+            raise ValuePanic("non-positive interval for Ticker")
         from .chan import Chan
 
         sched, pp = _currentP()
@@ -271,7 +272,7 @@ class Ticker(Timer):
     def reset(self, seconds: float) -> bool:
         """Change the period to ``seconds``, counting from now."""
         if seconds <= 0:
-            raise ValueError("non-positive interval for Ticker.reset")
+            raise ValuePanic("non-positive interval for Ticker.reset")
         active = deltimer(self._t)
         self._start(seconds, int(seconds * 1e9), _currentP()[1])
         return active

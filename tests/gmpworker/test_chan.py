@@ -143,7 +143,7 @@ def test_async_for_until_closed() -> None:
 
 
 def test_negative_capacity_and_bad_type() -> None:
-    with pytest.raises(ValueError, match="negative"):
+    with pytest.raises(gmp.ValuePanic, match="negative"):
         gmp.Chan(-1)
     with pytest.raises(TypeError):
         gmp.Chan(1.5)  # type: ignore[arg-type]
@@ -330,3 +330,167 @@ def test_select_rejects_non_cases() -> None:
 
     with pytest.raises(TypeError, match="select"):
         run(main)
+
+
+# --- a blocked select: which case a partner takes (selectgo's lockorder) ----------------
+#
+# Go's selectgo enqueues its sudogs in lockorder, a heap sort of the cases by channel
+# started from the random pollorder, so a partner arriving after the select blocked
+# dequeues a random one of several cases on the same channel. Bounds: Binomial(n, p) with
+# n = 2000 and a +-10 percentage-point window is about 9 standard deviations for p = 1/2
+# (false-failure probability below 1e-18); the three-way test uses n = 4000 and +-6 points
+# for p = 1/4 (about 8.8 sd).
+
+TRIALS = 2000
+
+
+async def _until_queued(q: object, n: int) -> None:
+    """Yield until the selecting G has queued its ``n`` sudogs (it is blocked)."""
+    while len(q) < n:  # type: ignore[arg-type]
+        await gmp.gosched()
+
+
+def _blocked_select_wins(
+    make_cases: object, partner: object, queue_of: object, ncases: int, trials: int
+) -> Counter[int]:
+    async def main() -> Counter[int]:
+        wins: Counter[int] = Counter()
+        for _ in range(trials):
+            cases = make_cases()  # type: ignore[operator]
+            h = gmp.go(gmp.select, *cases)
+            await _until_queued(queue_of(), ncases)  # type: ignore[operator]
+            await partner()  # type: ignore[operator]
+            i, _, _ = await h
+            wins[i] += 1
+        return wins
+
+    return run(main)  # type: ignore[no-any-return]
+
+
+def test_blocked_select_two_send_cases_on_one_channel_win_equally() -> None:
+    c: gmp.Chan[int] = gmp.Chan()
+    wins = _blocked_select_wins(
+        lambda: (c.send_case(1), c.send_case(0)), c.recv, lambda: c.sendq, 2, TRIALS
+    )
+    assert 0.4 * TRIALS < wins[0] < 0.6 * TRIALS, wins
+    assert wins[0] + wins[1] == TRIALS
+
+
+def test_blocked_select_two_recv_cases_on_one_channel_win_equally() -> None:
+    c: gmp.Chan[int] = gmp.Chan()
+    wins = _blocked_select_wins(
+        lambda: (c.recv_case(), c.recv_case()), lambda: c.send(7), lambda: c.recvq, 2, TRIALS
+    )
+    assert 0.4 * TRIALS < wins[0] < 0.6 * TRIALS, wins
+    assert wins[0] + wins[1] == TRIALS
+
+
+def test_blocked_select_mixed_channels_partners_arriving_together() -> None:
+    # The selecting G waits on a twice and on b once; the partner offers both channels
+    # at the same moment (its own select, which polls in random order). So b wins half
+    # the time and each case on a a quarter.
+    a: gmp.Chan[int] = gmp.Chan()
+    b: gmp.Chan[int] = gmp.Chan()
+    n = 2 * TRIALS
+
+    async def partner() -> None:
+        await gmp.select(a.send_case(1), b.send_case(2))
+
+    wins = _blocked_select_wins(
+        lambda: (a.recv_case(), b.recv_case(), a.recv_case()), partner, lambda: a.recvq, 2, n
+    )
+    assert 0.44 * n < wins[1] < 0.56 * n, wins
+    assert 0.19 * n < wins[0] < 0.31 * n, wins
+    assert 0.19 * n < wins[2] < 0.31 * n, wins
+
+
+def test_blocked_select_leaves_no_sudog_behind() -> None:
+    async def main() -> tuple[int, int, int]:
+        a: gmp.Chan[int] = gmp.Chan()
+        b: gmp.Chan[int] = gmp.Chan()
+        h = gmp.go(gmp.select, a.recv_case(), b.send_case(3), a.recv_case())
+        await _until_queued(a.recvq, 2)
+        await a.send(5)
+        i, v, ok = await h
+        assert ok and v == 5 and i in (0, 2)
+        return len(a.recvq), len(b.sendq), len(a.sendq)
+
+    assert run(main) == (0, 0, 0)
+
+
+# --- operations that complete at once stay on the M (no scheduler round trip) -----------
+
+
+def _switches_and_preemptions() -> tuple[int, int]:
+    s = gmp.stats()
+    return s["switches"], s["preemptions"]
+
+
+def test_channel_operations_that_complete_at_once_do_not_switch() -> None:
+    # A G is resumed by its M once per scheduler round trip ("switches"). None of these
+    # operations can block, so none may trap; the only allowed switch is a preemption
+    # (sysmon flags a G that ran 10 ms, which a loaded machine can cause).
+    async def main() -> tuple[int, int]:
+        ch: gmp.Chan[int] = gmp.Chan(64)
+        a: gmp.Chan[int] = gmp.Chan(1)
+        parked: gmp.Chan[int] = gmp.Chan()
+
+        async def sender() -> None:
+            await parked.send(1)
+
+        gmp.go(sender)
+        await gmp.sleep(0.001)  # the sender is parked now
+        s0, p0 = _switches_and_preemptions()
+        v = await parked.recv()  # hand-off from a parked sender
+        assert v == 1
+        for i in range(64):
+            await ch.send(i)
+        for _ in range(32):
+            await ch.recv()
+        for _ in range(16):
+            await ch.recv2()
+        for _ in range(8):
+            ch.try_recv()
+            ch.try_send(0)
+        got = 0
+        async for _ in ch:
+            got += 1
+            if got == 8:
+                break
+        for _ in range(16):
+            a.try_send(1)
+            await gmp.select(a.recv_case(), gmp.recv_case(None))
+            await gmp.select(a.send_case(2), default=True)
+            await a.recv()
+        s1, p1 = _switches_and_preemptions()
+        return s1 - s0, p1 - p0
+
+    switches, preemptions = run(main)
+    assert switches <= preemptions, (switches, preemptions)
+
+
+def test_ping_pong_round_trip_is_two_switches() -> None:
+    rounds = 500
+
+    async def main() -> tuple[int, int]:
+        ping: gmp.Chan[int] = gmp.Chan()
+        pong: gmp.Chan[int] = gmp.Chan()
+
+        async def echo() -> None:
+            async for v in ping:
+                await pong.send(v)
+
+        gmp.go(echo)
+        await ping.send(0)
+        await pong.recv()
+        s0, p0 = _switches_and_preemptions()
+        for i in range(rounds):
+            await ping.send(i)
+            assert await pong.recv() == i
+        s1, p1 = _switches_and_preemptions()
+        ping.close()
+        return s1 - s0, p1 - p0
+
+    switches, preemptions = run(main)
+    # Each round: main parks in pong.recv (the echo G runs), echo parks in ping.recv.
+    assert 2 * rounds <= switches <= 2 * rounds + 2 * preemptions, (switches, preemptions)

