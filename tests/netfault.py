@@ -194,6 +194,7 @@ class FaultProxy:
         if self._loop.is_closed():
             return
         self.refuse()
+        self._call(self._cancel_links())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(_CALL_TIMEOUT_SECONDS)
         self._loop.close()
@@ -233,6 +234,13 @@ class FaultProxy:
         if self._server is not None:
             self._server.close()
             self._server = None
+
+    async def _cancel_links(self) -> None:
+        """End every link's tasks while the loop still runs (they would die with it)."""
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     async def _cut(self) -> None:
         for link in list(self._links):

@@ -68,7 +68,6 @@ def test_a_short_spike_against_the_native_stack(
     phases = {p["phase"]: p for p in summary["phases"]}
     assert list(phases) == ["baseline", "spike", "recovery", "all"]
     assert all(phases[p]["requests"] > 0 for p in phases)
-    assert phases["spike"]["rps"] > phases["baseline"]["rps"]  # ten times the users
     accepted = summary["order_outcomes"].get("202", 0)
     assert accepted > 0
     assert summary["order_outcomes"].get("409", 0) > 0  # the hottest items sold out

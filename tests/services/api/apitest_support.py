@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from kombu import Connection
 from prometheus_client import REGISTRY
 
 from services.api.dependencies import ApiContext
+from services.api.main import create_app
 from services.settings import Settings
 
 REDIS_HOST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -62,6 +64,15 @@ class BrokerQueue:
             _args, kwargs, _embed = json.loads(message.body)
             found.append((message.headers["task"], kwargs))
         return found
+
+
+async def running_api(settings: Settings) -> AsyncIterator[Api]:
+    """The app on ``settings``, its lifespan run, with an in-process HTTP client."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield Api(client, app.state.context)
 
 
 def sample(name: str, **labels: str) -> float:

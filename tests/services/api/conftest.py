@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
-import httpx
 import pytest
-from apitest_support import CATALOG_ITEMS, CATALOG_STOCK, REDIS_HOST_URL, Api, BrokerQueue, dead_url
+from apitest_support import (
+    CATALOG_ITEMS,
+    CATALOG_STOCK,
+    REDIS_HOST_URL,
+    Api,
+    BrokerQueue,
+    dead_url,
+    running_api,
+)
 from kombu import Connection
 
-from services.api.main import create_app
 from services.catalog import seed
 from services.settings import Settings
 
@@ -39,18 +45,10 @@ def settings(pg_url: str, redis_prefix: str) -> Settings:
     )
 
 
-async def _running_api(settings: Settings) -> AsyncIterator[Api]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield Api(client, app.state.context)
-
-
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[Api]:
     """The api with no reachable broker."""
-    async for running in _running_api(settings):
+    async for running in running_api(settings):
         yield running
 
 
@@ -63,7 +61,7 @@ def broker_settings(settings: Settings, amqp_url: str) -> Settings:
 @pytest.fixture
 async def broker_api(broker_settings: Settings) -> AsyncIterator[Api]:
     """The api with a reachable broker."""
-    async for running in _running_api(broker_settings):
+    async for running in running_api(broker_settings):
         yield running
 
 
