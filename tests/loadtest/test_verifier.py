@@ -25,6 +25,7 @@ from loadtest.verifier import (
     cache_lookups,
     parse_threshold,
     verify,
+    wait_for_drain,
 )
 from services.keys import Keys
 from tests.support import REDIS_HOST_URL
@@ -214,6 +215,18 @@ def test_a_queue_that_does_not_drain_is_caught(sale: Sale) -> None:
     sale.samples = [Sample(T0 + t, 3, 0) for t in range(18, 40)]
     verdict = sale.verdict()
     assert "queue_drained" in failed(verdict)
+
+
+def test_waiting_for_the_drain_gives_up_at_its_timeout(sale: Sale) -> None:
+    persisted = [o.order_id for o in sale.orders if o.order_id]
+    assert wait_for_drain(sale.sources, persisted, timeout_s=5, poll_s=0.05) is not None
+    with sale.redis() as r:
+        r.zadd(sale.keys.pending, {str(uuid.uuid4()): T0 * 1000})  # never persisted
+    assert wait_for_drain(sale.sources, persisted, timeout_s=0.3, poll_s=0.05) is None
+    unknown = [*persisted, str(uuid.uuid4())]  # an accepted order with no row
+    with sale.redis() as r:
+        r.delete(sale.keys.pending)
+    assert wait_for_drain(sale.sources, unknown, timeout_s=0.3, poll_s=0.05) is None
 
 
 def test_a_slow_drain_breaks_the_bound(sale: Sale) -> None:
