@@ -7,6 +7,7 @@ Every field maps to an upper-case environment variable of the same name
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,9 +64,12 @@ class Settings(BaseSettings):
     publish_timeout_seconds: float = Field(
         2.0, gt=0, description="wait for the broker's confirm before compensating (503)"
     )
-    publish_threads: int = Field(
-        8, ge=1, description="publisher threads (publishing never runs on the event loop)"
+    publisher: Literal["asyncio", "threads"] = Field(
+        "asyncio",
+        description="`asyncio`: pipelined confirms on one connection; `threads`: the previous"
+        " kombu publisher, kept for the benchmark's comparison",
     )
+    publish_threads: int = Field(8, ge=1, description="threads of the `threads` publisher")
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After of a 503")
 
     # Reconciler.

@@ -18,7 +18,7 @@ from redis.retry import Retry
 from services import db
 from services.cache import CoalescingReader, DependencyHealth, ItemCache
 from services.keys import Keys
-from services.publisher import TaskPublisher
+from services.publisher import TaskPublisher, make_publisher
 from services.settings import Settings
 from services.store import AsyncOrderStore
 
@@ -86,20 +86,22 @@ class ApiContext:
                 cache_redis, keys, functools.partial(db.load_items, pool), settings, health
             ),
             stock_reader=CoalescingReader(state_redis),
-            publisher=TaskPublisher(settings),
+            publisher=make_publisher(settings),
             health=health,
             versions=VersionClock(),
         )
 
     async def open(self) -> None:
-        """Open the database pool (without waiting for it) and start the invalidation listener."""
+        """Open the database pool (without waiting for it), start the invalidation listener
+        and the publisher's connection."""
         await self.db_pool.open(wait=False)
         await self.cache.start()
+        await self.publisher.start()
 
     async def close(self) -> None:
         """Stop everything :meth:`open` started and close the clients."""
         await self.cache.stop()
-        self.publisher.close()
+        await self.publisher.close()
         await self.db_pool.close()
         await self.state_redis.aclose()
         await self.cache_redis.aclose()
