@@ -52,7 +52,7 @@ from services.api.main import create_app
 from services.api.responses import OrjsonResponse
 from services.catalog import seed
 from services.migrate import migrate
-from services.publisher import TaskPublisher
+from services.publisher import make_publisher
 from services.settings import Settings
 
 HOT_ITEMS = 100
@@ -185,7 +185,8 @@ async def _publish_ceiling(
     """The broker's share of an order: confirmed publishes through the api's own publisher
     (same threads, same confirms) with no HTTP, no request handling and no Redis. Order
     acceptance close to this rate is bounded by the broker, not by the event loop."""
-    publisher = TaskPublisher(settings)
+    publisher = make_publisher(settings)
+    await publisher.start()
     latencies: list[float] = []
     start = time.perf_counter()
     warm_until, until = start + warmup, start + warmup + seconds
@@ -206,7 +207,7 @@ async def _publish_ceiling(
     try:
         await asyncio.gather(*(publish_loop() for _ in range(concurrency)))
     finally:
-        publisher.close()
+        await publisher.close()
     measured = time.perf_counter() - warm_until
     return _summary("publish_only", latencies, measured, {"confirmed": len(latencies)})
 

@@ -145,7 +145,7 @@ class AmqpPublisher(TaskPublisher):
         self.url = settings.broker_url
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._lost: asyncio.Event | None = None
-        self._ready = asyncio.Event()
+        self._first_attempt = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
         self.last_error: str = "not connected yet"
 
@@ -155,12 +155,11 @@ class AmqpPublisher(TaskPublisher):
         return self._channel is not None
 
     async def start(self) -> None:
-        """Start the connection keeper; wait for the first connection at most one publish
-        time-out (an api starting before the broker serves reads meanwhile)."""
+        """Start the connection keeper and wait for its first attempt (bounded by the
+        connect time-out): an api started before the broker serves reads meanwhile."""
         if self._keeper is None:
             self._keeper = asyncio.get_running_loop().create_task(self._keep_connected())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), self.timeout)
+        await self._first_attempt.wait()
 
     async def check(self) -> None:
         """Raise :class:`PublishError` unless a confirm-mode channel is open."""
@@ -214,6 +213,7 @@ class AmqpPublisher(TaskPublisher):
                 await self._declare_queues(channel)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+                self._first_attempt.set()
                 log.warning("broker connection failed (%s); retrying in %.1fs", exc, backoff)
                 await self._close_quietly(connection)
                 await asyncio.sleep(backoff)
@@ -238,7 +238,7 @@ class AmqpPublisher(TaskPublisher):
         connection.close_callbacks.add(on_close)
         channel.close_callbacks.add(on_close)
         self._channel = channel
-        self._ready.set()
+        self._first_attempt.set()
         log.info("broker connected; publishing with confirms")
         await lost.wait()
         log.warning("broker connection dropped: %s", self.last_error)

@@ -7,6 +7,7 @@ fixtures built on them live in ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import importlib
 import os
@@ -143,3 +144,22 @@ def create_vhost() -> str:
 def delete_vhost(vhost: str) -> None:
     """Remove a vhost made by :func:`create_vhost` (and every queue in it)."""
     subprocess.run([_rabbitmqctl(), "-q", "delete_vhost", vhost], capture_output=True)
+
+
+async def wait_until_async(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """:func:`wait_until` for async tests: polls without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def set_policy(vhost: str, name: str, pattern: str, definition: str) -> None:
+    """A RabbitMQ policy on ``vhost``'s queues matching ``pattern`` (JSON ``definition``)."""
+    subprocess.run(
+        [_rabbitmqctl(), "-q", "set_policy", "-p", vhost, name, pattern, definition,
+         "--apply-to", "queues"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip

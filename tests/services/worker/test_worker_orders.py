@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -11,8 +12,9 @@ import psycopg
 from kombu import Connection
 
 from services.messaging import PERSIST_ORDER, durable_queue
+from services.publisher import AmqpPublisher
 from services.settings import get_settings
-from services.store import Outcome, Status
+from services.store import Outcome, Status, task_payload
 
 if TYPE_CHECKING:  # fixtures' types, from this directory's conftest
     from conftest import Harness, WorkerProcess
@@ -50,6 +52,29 @@ def test_accepted_order_is_persisted_and_marked(harness: Harness, worker: Worker
     assert worker.metric("orders_persisted_total") == 1
     assert tasks_done(worker, "persisted") == 1
     assert worker.heartbeat.exists()
+
+
+def test_order_from_the_asyncio_publisher_is_persisted_by_the_real_worker(
+    harness: Harness, worker: WorkerProcess
+) -> None:
+    harness.seed(1, 10)
+    order = harness.reserve(1, 2)
+
+    async def publish() -> None:
+        publisher = AmqpPublisher(get_settings())
+        await publisher.start()
+        try:
+            await publisher.publish_order(task_payload(order))
+        finally:
+            await publisher.close()
+
+    asyncio.run(publish())
+    harness.wait_until(
+        lambda: harness.status(order["order_id"]) == Status.PERSISTED, 20, "persisted"
+    )
+    assert harness.rows(order["order_id"]) == 1
+    assert harness.db_stock(1) == 8
+    assert tasks_done(worker, "persisted") == 1
 
 
 def test_redelivered_message_is_persisted_once(harness: Harness, worker: WorkerProcess) -> None:
