@@ -29,9 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from python_on_whales import DockerClient, DockerException
 
+from services import admin_token
+from services.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / ".run"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DATASTORES_FILE = ROOT / "docker" / "compose.datastores.yml"
 WHEELHOUSE_SCRIPT = ROOT / "scripts" / "wheelhouse.sh"
@@ -132,9 +137,23 @@ class ComposeStack:
         """``.env`` (--env-file replaces the default one) and ``env``, written out (again)."""
         files: list[str | Path] = [ROOT / ".env"] if (ROOT / ".env").is_file() else []
         if self.env:
-            self._env_file.write_text("".join(f"{k}={v}\n" for k, v in self.env.items()))
+            # 0600: it may hold the admin token.
+            fd = os.open(self._env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write("".join(f"{k}={v}\n" for k, v in self.env.items()))
             files.append(self._env_file)
         return files
+
+    def ensure_admin_token(self) -> admin_token.AdminToken:
+        """Give the api an admin token: ``env``'s, the environment's or ``.env``'s
+        ``ADMIN_TOKEN``, else the one kept in ``.run/admin-token`` (created when missing)."""
+        given = self.env.get("ADMIN_TOKEN")
+        setting = SecretStr(given) if given else Settings(_env_file=ROOT / ".env").admin_token
+        token = admin_token.for_launcher(setting, RUN_DIR)
+        self.env["ADMIN_TOKEN"] = token.value
+        self.docker = self.client()
+        return token
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -158,7 +177,9 @@ class ComposeStack:
         """Start the stack (and ``profiles``); with ``wait``, return once all are healthy.
 
         Images that do not exist yet are built (with ``build``: all of them are rebuilt).
+        The api gets an admin token (:meth:`ensure_admin_token`).
         """
+        self.ensure_admin_token()
         try:
             self.client(profiles).compose.up(
                 detach=True, wait=wait, wait_timeout=timeout_s if wait else None, build=build
@@ -314,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stack.build()
             stack.up(profiles=args.profile, timeout_s=args.timeout)
             _print_urls(stack)
+            print(f"{'admin token':11} {stack.ensure_admin_token().where}")
         elif args.command == "down":
             stack.down(volumes=args.volumes)
         elif args.command == "status":

@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import socket
 import subprocess
 import sys
@@ -41,11 +42,12 @@ import psycopg
 import redis
 from fastapi import FastAPI, Path
 from kombu import Connection
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from services import db
+from services import admin_token, db
 from services.api.dependencies import Context
 from services.api.errors import ApiError
 from services.api.main import create_app
@@ -252,7 +254,13 @@ class BenchEnv:
             "ORDER_QUEUE": s.order_queue,
             "ITEM_UPDATE_QUEUE": s.item_update_queue,
             "PER_USER_LIMIT": str(s.per_user_limit),
+            "ADMIN_TOKEN": self.admin_token,
         }
+
+    @property
+    def admin_token(self) -> str:
+        """This run's admin token (made up for it, see :func:`bench_env`)."""
+        return admin_token.configured(self.settings.admin_token) or ""
 
 
 @contextlib.contextmanager
@@ -270,6 +278,7 @@ def bench_env(base: Settings) -> Iterator[BenchEnv]:
             "order_queue": f"bench_orders_{tag}",
             "item_update_queue": f"bench_updates_{tag}",
             "per_user_limit": 1_000_000,
+            "admin_token": SecretStr(secrets.token_urlsafe(admin_token.TOKEN_BYTES)),
         }
     )
     env = BenchEnv(settings, admin_url, db_name)
@@ -331,10 +340,9 @@ def api_process(env: BenchEnv, port: int) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(timeout=10)
 
 
-def _post(url: str, body: dict[str, Any]) -> Any:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
+def _admin_post(url: str, body: dict[str, Any], token: str) -> Any:
+    headers = {"Content-Type": "application/json", **admin_token.bearer_header(token)}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
 
@@ -345,7 +353,8 @@ def run(seconds: float, warmup: float, connections: int, console: Console) -> li
     with bench_env(Settings()) as env:
         port = _free_port()
         with api_process(env, port), Progress(console=console, transient=True) as progress:
-            console.print(f"warmup: {_post(f'http://127.0.0.1:{port}/admin/warmup', {})}")
+            warmed = _admin_post(f"http://127.0.0.1:{port}/admin/warmup", {}, env.admin_token)
+            console.print(f"warmup: {warmed}")
             task = progress.add_task("benchmark", total=len(CASES) + 1)
             for case in CASES:
                 progress.update(task, description=f"{case.name} ({seconds:.0f}s)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     # Demo catalog.
     demo_items: int = Field(1000, ge=1, description="items in the demo catalog")
     demo_stock: int = Field(100, ge=0, description="initial stock of each demo item")
+
+    # Admin access.
+    admin_token: SecretStr | None = Field(
+        None,
+        description="bearer token that PUT /items/* and POST /admin/* require; unset or empty, "
+        "those routes answer 401 (make up and make compose-up create one: .run/admin-token)",
+    )
 
     # Containers.
     require_no_swap: bool = Field(

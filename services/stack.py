@@ -41,7 +41,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from services import catalog
+from services import admin_token, catalog
 from services.migrate import ensure_database, migrate
 from services.settings import Settings, get_settings
 
@@ -115,6 +115,8 @@ class StackState:
     urls: dict[str, str]
     heartbeat_file: str
     multiproc_dir: str
+    admin_token_at: str = ""
+    """Where the admin token is (a path, or the setting's name): never the token itself."""
     started_at: float = field(default_factory=time.time)
 
     def save(self, path: Path) -> None:
@@ -199,8 +201,9 @@ def _commands(ports: Ports) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
-def start_services(ports: Ports, directory: Path) -> StackState:
-    """Start the api, the worker and the reconciler; return their state (not yet ready)."""
+def start_services(ports: Ports, directory: Path, token: admin_token.AdminToken) -> StackState:
+    """Start the api (admin routes behind ``token``), the worker and the reconciler; return
+    their state (not yet ready)."""
     busy = [
         p for p in (ports.api, ports.worker_metrics, ports.reconciler_metrics) if not _port_free(p)
     ]
@@ -213,7 +216,7 @@ def start_services(ports: Ports, directory: Path) -> StackState:
     heartbeat.unlink(missing_ok=True)
     base = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     envs = {
-        "api": {**base, "PROMETHEUS_MULTIPROC_DIR": multiproc},
+        "api": {**base, "PROMETHEUS_MULTIPROC_DIR": multiproc, "ADMIN_TOKEN": token.value},
         "worker": {
             **base,
             "WORKER_METRICS_PORT": str(ports.worker_metrics),
@@ -237,7 +240,7 @@ def start_services(ports: Ports, directory: Path) -> StackState:
                 start_new_session=True,
             )
         services.append(Service(name, proc.pid, _start_ticks(proc.pid) or 0, str(log)))
-    return StackState(services, ports.urls(), str(heartbeat), multiproc)
+    return StackState(services, ports.urls(), str(heartbeat), multiproc, token.where)
 
 
 def wait_ready(state: StackState, timeout: float = READY_TIMEOUT_SECONDS) -> None:
@@ -309,6 +312,8 @@ def print_urls(state: StackState) -> None:
     for name, url in state.urls.items():
         table.add_row(name, url)
     table.add_row("logs", str(Path(state.services[0].log).parent))
+    if state.admin_token_at:
+        table.add_row("admin token", state.admin_token_at)
     console.print(table)
 
 
@@ -347,8 +352,10 @@ def up(detach: bool) -> int:
         raise StackError(
             f"a stack is already running ({state_file}): python -m services.stack down"
         )
-    prepare(get_settings())
-    state = start_services(Ports.from_env(), directory)
+    settings = get_settings()
+    prepare(settings)
+    token = admin_token.for_launcher(settings.admin_token, directory)
+    state = start_services(Ports.from_env(), directory, token)
     state.save(state_file)
     try:
         wait_ready(state)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -22,9 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def stack_env(service_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    """Environment for a small stack on free ports, its state under ``tmp_path``."""
+    """Environment for a small stack on free ports, its state under ``tmp_path``, no
+    ``ADMIN_TOKEN`` configured (so that the launcher makes one)."""
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "ADMIN_TOKEN"},
         **service_env,
         "DEMO_ITEMS": "20",
         "DEMO_STOCK": "5",
@@ -83,6 +85,16 @@ def test_up_detach_serves_orders_end_to_end_and_down_stops_it(
     ):
         assert url in output
     assert httpx.get(f"{api}/readyz").json()["status"] == "ok"
+
+    token_file = Path(env["STACK_RUN_DIR"]) / "admin-token"
+    assert "admin token" in output and str(token_file) in output
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    assert token not in output
+    update = {"name": "Renamed"}
+    assert httpx.put(f"{api}/items/7", json=update).status_code == 401
+    admin = {"Authorization": f"Bearer {token}"}
+    assert httpx.put(f"{api}/items/7", json=update, headers=admin).status_code == 202
 
     accepted = httpx.post(f"{api}/orders", json={"item_id": 7, "quantity": 2, "user_id": "alice"})
     assert accepted.status_code == 202, accepted.text

@@ -6,12 +6,13 @@ import psycopg
 from fastapi import APIRouter
 from redis.exceptions import RedisError
 
+from services.api.auth import UNAUTHORIZED_RESPONSE, AdminOnly
 from services.api.dependencies import Context
 from services.api.errors import unavailable
 from services.api.schemas import ErrorBody, WarmupRequest, WarmupResult
 from services.catalog import warmup
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], dependencies=[AdminOnly], responses=UNAUTHORIZED_RESPONSE)
 
 
 @router.post(

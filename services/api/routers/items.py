@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from redis.exceptions import RedisError
 
+from services.api.auth import UNAUTHORIZED_RESPONSE, AdminOnly
 from services.api.dependencies import Context
 from services.api.errors import ApiError, unavailable
 from services.api.responses import OrjsonResponse
@@ -90,7 +91,12 @@ async def get_items(
     "/items/{item_id}",
     status_code=202,
     response_model=ItemUpdateQueued,
-    responses={**_NOT_FOUND, 503: {"model": ErrorBody, "description": "broker unavailable"}},
+    dependencies=[AdminOnly],
+    responses={
+        **UNAUTHORIZED_RESPONSE,
+        **_NOT_FOUND,
+        503: {"model": ErrorBody, "description": "broker unavailable"},
+    },
 )
 async def update_item(
     item_id: ItemIdPath, body: ItemUpdateRequest, ctx: Context

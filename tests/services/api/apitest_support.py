@@ -20,6 +20,9 @@ from services.settings import Settings
 REDIS_HOST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 CATALOG_ITEMS = 30
 CATALOG_STOCK = 100
+ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+"""Headers of an admin call to the test app (its settings hold ``ADMIN_TOKEN``)."""
 
 
 def closed_port() -> int:

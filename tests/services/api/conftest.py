@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from apitest_support import (
+    ADMIN_TOKEN,
     CATALOG_ITEMS,
     CATALOG_STOCK,
     REDIS_HOST_URL,
@@ -20,6 +21,7 @@ from apitest_support import (
     running_api,
 )
 from kombu import Connection
+from pydantic import SecretStr
 
 from services.catalog import seed
 from services.settings import Settings
@@ -33,7 +35,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def settings(pg_url: str, redis_prefix: str) -> Settings:
-    """Settings on this test's database and prefix (Redis DBs 2/3), demo catalog seeded."""
+    """Settings on this test's database and prefix (Redis DBs 2/3), demo catalog seeded,
+    admin routes behind ``ADMIN_TOKEN``."""
     seed(pg_url, CATALOG_ITEMS, CATALOG_STOCK)
     return Settings(
         database_url=pg_url,
@@ -42,6 +45,7 @@ def settings(pg_url: str, redis_prefix: str) -> Settings:
         redis_prefix=redis_prefix,
         broker_url=dead_url("amqp"),
         publish_timeout_seconds=2.0,
+        admin_token=SecretStr(ADMIN_TOKEN),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from apitest_support import CATALOG_ITEMS, CATALOG_STOCK, Api, BrokerQueue
+from apitest_support import ADMIN, CATALOG_ITEMS, CATALOG_STOCK, Api, BrokerQueue
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.messaging import APPLY_ITEM_UPDATE
@@ -13,28 +13,30 @@ pytestmark = pytest.mark.anyio
 
 async def test_warmup_fills_cache_and_keeps_live_stock_unless_reset(api: Api) -> None:
     await api.ctx.store.set_stock(1, 3)  # a running sale
-    body = (await api.client.post("/admin/warmup", json={})).json()
+    body = (await api.client.post("/admin/warmup", json={}, headers=ADMIN)).json()
     assert body["items_cached"] == CATALOG_ITEMS and body["missing"] == 0
     assert body["stock_counters_set"] == CATALOG_ITEMS - 1
     assert await api.ctx.store.get_stocks([1, 2]) == [3, CATALOG_STOCK]
     assert await api.ctx.cache_redis.exists(*(api.ctx.keys.item(i) for i in (1, 30))) == 2
 
-    some = (await api.client.post("/admin/warmup", json={"ids": [1, 99999]})).json()
+    some = (await api.client.post("/admin/warmup", json={"ids": [1, 99999]}, headers=ADMIN)).json()
     assert (some["items_cached"], some["missing"]) == (1, 1)
 
-    reset = (await api.client.post("/admin/warmup", json={"reset": True})).json()
+    reset = (await api.client.post("/admin/warmup", json={"reset": True}, headers=ADMIN)).json()
     assert reset["stock_counters_set"] == CATALOG_ITEMS
     assert await api.ctx.store.get_stocks([1]) == [CATALOG_STOCK]
 
-    bad = await api.client.post("/admin/warmup", json={"ids": ["x"]})
+    bad = await api.client.post("/admin/warmup", json={"ids": ["x"]}, headers=ADMIN)
     assert (bad.status_code, bad.json()["error"]) == (422, "validation_error")
 
 
 async def test_item_update_is_published_with_increasing_versions(
     broker_api: Api, queue: BrokerQueue
 ) -> None:
-    first = await broker_api.client.put("/items/2", json={"price_cents": 999})
-    second = await broker_api.client.put("/items/2", json={"name": "New", "stock": 7})
+    first = await broker_api.client.put("/items/2", json={"price_cents": 999}, headers=ADMIN)
+    second = await broker_api.client.put(
+        "/items/2", json={"name": "New", "stock": 7}, headers=ADMIN
+    )
     assert (first.status_code, second.status_code) == (202, 202)
     assert second.json()["version"] > first.json()["version"]
     tasks = queue.tasks(broker_api.settings.item_update_queue)
@@ -61,7 +63,7 @@ async def test_bad_item_updates(api: Api) -> None:
         ("/items/2", {"name": "x"}, 503, "broker_unavailable"),  # this app's broker is down
     ]
     for path, body, status, code in cases:
-        response = await api.client.put(path, json=body)
+        response = await api.client.put(path, json=body, headers=ADMIN)
         assert (response.status_code, response.json()["error"]) == (status, code), body
 
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 import redis
 import redis.asyncio
-from apitest_support import CATALOG_STOCK, Api, sample
+from apitest_support import ADMIN, CATALOG_STOCK, Api, sample
 
 from services import db
 from services.cache import ItemCache, jittered_ttl_ms, queue_invalidation
@@ -104,7 +104,7 @@ async def test_single_flight_across_processes_uses_the_redis_lock(api: Api) -> N
 
 
 async def test_ttl_is_spread_by_jitter(api: Api) -> None:
-    response = await api.client.post("/admin/warmup", json={})
+    response = await api.client.post("/admin/warmup", json={}, headers=ADMIN)
     assert response.json()["items_cached"] == 30
     ttls = [await api.ctx.cache_redis.pttl(api.ctx.keys.item(i)) for i in range(1, 31)]
     base, jitter = api.settings.cache_ttl_seconds * 1000, api.settings.cache_ttl_jitter
