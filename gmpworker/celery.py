@@ -14,7 +14,19 @@ or in the app's configuration (no flag needed)::
     app.conf.gmp_maxprocs = 2          # GOMAXPROCS of the pool's Runtime (optional)
 
 ``--concurrency`` is the number of tasks running at once (``num_processes``, which
-also sizes the broker prefetch); more applied tasks wait in the pool, unstarted.
+also sizes the broker prefetch).
+
+Waiting for a free slot (``expires``, revoke)
+---------------------------------------------
+As with prefork, prefetched tasks wait for a slot in the worker's own semaphore, not
+in the pool: the pool declares ``uses_semaphore`` and releases one slot (on the
+consumer's thread) when a task's G exits. Celery hands a waiting request to the pool
+only then, through ``Request.execute_using_pool``, which first checks ``expires`` and
+the revoked set: a task that expired, or was revoked (with or without ``terminate``),
+while it waited is discarded and reported ``REVOKED`` exactly as under prefork.
+Without an event loop (a transport with no async support) Celery makes no semaphore;
+the pool then keeps the excess jobs in a queue of its own and starts them as slots
+free, like prefork's blocking put, which does not check them again either.
 
 How a task runs
 ---------------
@@ -90,10 +102,10 @@ __all__ = ["DeferToSync", "GMPPool", "GTask", "runtime_started", "runtime_stoppi
 
 log = logging.getLogger(__name__)
 
-runtime_started = Signal(name="gmp_runtime_started", providing_args={"runtime"})
+runtime_started = Signal(name="gmp_runtime_started", providing_args=["runtime"])
 """Sent by the pool once its Runtime runs (``sender=pool, runtime=...``): hook metrics or
 long-lived Gs (``runtime.submit``) onto it."""
-runtime_stopping = Signal(name="gmp_runtime_stopping", providing_args={"runtime"})
+runtime_stopping = Signal(name="gmp_runtime_stopping", providing_args=["runtime"])
 """Sent by the pool after its last task finished and before the Runtime stops: end
 long-lived Gs here so the Runtime can drain."""
 
@@ -132,7 +144,7 @@ class _Outcome:
 # Both live in the G's own contextvars.Context, which follows the G across Ms and into
 # its syscalls (the tracer runs inside one), and never leak to another G.
 _native_outcome: ContextVar[_Outcome | None] = ContextVar("gmp_native_outcome", default=None)
-_native_request: ContextVar[tuple[Task, Context] | None] = ContextVar(
+_native_request: ContextVar[tuple[Task[..., Any], Context] | None] = ContextVar(
     "gmp_native_request", default=None
 )
 
@@ -168,7 +180,7 @@ def _replaying_run(original: Any) -> Any:
     return staticmethod(run) if is_static else run
 
 
-class GTask(Task):  # type: ignore[misc]
+class GTask(Task[..., Any]):
     """Base class for tasks whose body runs natively as a G under :class:`GMPPool`.
 
     Two ways to write one:
@@ -200,7 +212,7 @@ class GTask(Task):  # type: ignore[misc]
             return
         if inspect.iscoroutinefunction(fn):
             cls.gmp_run = run
-        cls.run = _replaying_run(run)
+        cls.run = _replaying_run(run)  # type: ignore[method-assign]  # the point: wrap run
 
     def native_body(self) -> Callable[..., Coroutine[Any, Any, Any]] | None:
         """The ``async`` callable the pool runs as a G for this call, or None for ``run``."""
@@ -210,7 +222,7 @@ class GTask(Task):  # type: ignore[misc]
         current = _native_request.get()
         if current is not None and current[0] is self:
             return current[1]
-        return self._get_request()
+        return super().request
 
     request = property(_get_native_request)
 
@@ -351,7 +363,7 @@ class _Job:
         BaseException (an interrupt arriving outside the body): that is a lost task.
         """
         if isinstance(ret, ExceptionInfo):
-            self.on_lost(ret.exception)
+            self.on_lost(ret.exception or RuntimeError("the tracer died"))
         else:
             self._report(self.callback, ret)
 
@@ -445,7 +457,7 @@ class _Job:
 # ---------------------------------------------------------------------------------------
 
 
-class GMPPool(BasePool):  # type: ignore[misc]
+class GMPPool(BasePool):
     """Celery pool running each task as a G on an embedded gmpworker Runtime."""
 
     # Shutdown waits for running Gs and joins the Runtime's threads, which must not
@@ -459,6 +471,9 @@ class GMPPool(BasePool):  # type: ignore[misc]
     task_join_will_block = True
     # Bodies stay in this process, so the message body need not be copied.
     body_can_be_buffer = True
+    # Let the worker hold back requests until a slot frees (see "Waiting for a free
+    # slot"): that is where Celery checks ``expires`` and revocation, as for prefork.
+    uses_semaphore = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -475,6 +490,9 @@ class GMPPool(BasePool):  # type: ignore[misc]
         self._callbacks: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._drain_scheduled = False
         self._hostname = gethostname()
+        # The worker's LaxBoundedSemaphore (event loop only): not thread-safe, so it is
+        # released on the hub's thread through ``deliver``.
+        self._semaphore: Any = self.options.get("semaphore")
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -591,7 +609,8 @@ class GMPPool(BasePool):  # type: ignore[misc]
 
     # -- applying tasks ----------------------------------------------------------------
 
-    def on_apply(
+    # celery-types declares ``-> None``, but Celery keeps (a weakref to) the result.
+    def on_apply(  # type: ignore[override]
         self,
         target: Callable[..., Any],
         args: tuple[Any, ...] | None = None,
@@ -632,7 +651,7 @@ class GMPPool(BasePool):  # type: ignore[misc]
         job.handle.add_done_callback(functools.partial(self._exited, job))
 
     def _exited(self, job: _Job, handle: GHandle) -> None:
-        """Done callback (on the G's M): release the slot, start the next queued job."""
+        """Done callback (on the G's M): release the slot, start the next waiting job."""
         if job.watchdog is not None:
             job.watchdog.cancel()
         job.ended()
@@ -642,6 +661,11 @@ class GMPPool(BasePool):  # type: ignore[misc]
             if nxt is None:
                 self._running -= 1
                 self._idle.notify_all()
+        if self._semaphore is not None:
+            # One release per applied job, after the job's own callbacks (``deliver``
+            # keeps order): the worker then applies its next waiting request, checking
+            # its expiry and revocation first.
+            self.deliver(self._semaphore.release)
         if nxt is not None:
             self._launch(nxt)
 
@@ -677,7 +701,9 @@ class GMPPool(BasePool):  # type: ignore[misc]
         body = _native_callable(task)
         return None if body is None else (task, body)
 
-    async def _native_phase(self, job: _Job, task: Task, body: Callable[..., Any]) -> None:
+    async def _native_phase(
+        self, job: _Job, task: Task[..., Any], body: Callable[..., Any]
+    ) -> None:
         """Run the native body as this G and leave its outcome for the tracer to replay."""
         job.phase = _NATIVE
         args, kwargs, request = self._decode(job)
@@ -736,7 +762,7 @@ class GMPPool(BasePool):  # type: ignore[misc]
 
     def _get_info(self) -> dict[str, Any]:
         """Celery's pool info plus the Runtime's ``stats()`` (``celery inspect stats``)."""
-        info: dict[str, Any] = super()._get_info()
+        info: dict[str, Any] = super()._get_info()  # type: ignore[misc]  # not in celery-types
         with self._lock:
             running, queued = self._running, len(self._queue)
         info.update(

@@ -35,6 +35,7 @@ class PoolWorker:
     workdir: Path
     concurrency: int = 8
     procs: int = 1
+    prefetch_multiplier: int = 1
     route: str = "custom"
     queue: str = "celery"
     proc: subprocess.Popen[bytes] | None = None
@@ -60,6 +61,7 @@ class PoolWorker:
             sys.executable, "-m", "celery", "-A", APP, "worker", "--loglevel=INFO",
             "--without-mingle", "--without-gossip", "-c", str(self.concurrency),
             "-n", f"{self.name}@%h", "-Q", self.queue,
+            "--prefetch-multiplier", str(self.prefetch_multiplier),
         ]  # fmt: skip
         if self.route == "custom":
             command += ["-P", "custom"]

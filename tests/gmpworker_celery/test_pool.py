@@ -213,6 +213,51 @@ def test_inspect_stats_shows_the_runtime(testapp: Any, shared_worker: PoolWorker
     assert "gs_by_state" in gmp
 
 
+def test_waiting_tasks_are_checked_for_expiry_and_revocation_when_a_slot_frees(
+    testapp: Any, own_worker: PoolWorker, rdb: redis.Redis, pool_env: dict[str, str]
+) -> None:
+    """Both slots busy, four tasks prefetched and waiting: as under prefork, the one that
+    expired, the one revoked and the one revoked with ``terminate`` never start."""
+    own_worker.prefetch_multiplier = 4  # prefetch 8: tasks wait in the worker, not the broker
+    own_worker.start()
+    queue = own_worker.queue
+    blockers = [tag() for _ in range(2)]
+    for label in blockers:
+        testapp.record.apply_async((label, 6.0), queue=queue)
+    wait_until(
+        lambda: all(f"start:{b}" in events(rdb, testapp.PREFIX) for b in blockers),
+        15,
+        "both slots to be taken",
+    )
+    expired, revoked, terminated, control = (tag() for _ in range(4))
+    sent = {
+        "expired": testapp.record.apply_async((expired, 0), queue=queue, expires=3.0),
+        "revoked": testapp.record.apply_async((revoked, 0), queue=queue),
+        "terminated": testapp.record.apply_async((terminated, 0), queue=queue),
+        "control": testapp.record.apply_async((control, 0), queue=queue),
+    }
+    waiting = {result.id for result in sent.values()}
+    wait_until(
+        lambda: waiting <= {r["id"] for r in _reserved(testapp, own_worker)},
+        10,
+        "the four tasks to wait in the worker",
+    )
+    assert all(f"start:{b}" not in events(rdb, testapp.PREFIX) for b in (expired, control))
+    testapp.app.control.revoke(sent["revoked"].id)
+    testapp.app.control.revoke(sent["terminated"].id, terminate=True)
+
+    assert sent["control"].get(timeout=30) == control  # it ran once a slot freed...
+    for name in ("expired", "revoked", "terminated"):  # ...the others were discarded
+        with pytest.raises(TaskRevokedError):
+            sent[name].get(timeout=10)
+    seen = events(rdb, testapp.PREFIX)
+    first_free = min(seen.index(f"done:{b}") for b in blockers if f"done:{b}" in seen)
+    assert seen.index(f"start:{control}") > first_free
+    assert not {f"start:{expired}", f"start:{revoked}", f"start:{terminated}"} & set(seen)
+    assert ready_messages(pool_env["TEST_BROKER_URL"], queue) == 0  # discarded = acked
+    assert testapp.record.apply_async((tag(), 0), queue=queue).get(timeout=20)  # slots back
+
+
 # --- the point of G-M-P -----------------------------------------------------------------
 
 
@@ -279,6 +324,11 @@ def _host() -> str:
 
 def _active(testapp: Any, worker: PoolWorker) -> list[dict[str, Any]]:
     replies = testapp.app.control.inspect(timeout=2).active() or {}
+    return list(replies.get(f"{worker.name}@{_host()}", []))
+
+
+def _reserved(testapp: Any, worker: PoolWorker) -> list[dict[str, Any]]:
+    replies = testapp.app.control.inspect(timeout=2).reserved() or {}
     return list(replies.get(f"{worker.name}@{_host()}", []))
 
 
