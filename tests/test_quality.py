@@ -33,16 +33,18 @@ def test_tool_is_clean(command: list[str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-_SKIPPERS = {"importorskip", "skip", "skipif", "xfail"}
+_SKIPPERS = {"skip", "skipif", "xfail"}
 
 
 def _skip_calls(path: Path) -> list[str]:
-    """``pytest.importorskip``/``skip``/``skipif``/``xfail`` uses in one file, as ``file:line``."""
+    """Uses of pytest's skip helpers (skip, skipif, xfail, import-or-skip) in one file, as
+    ``file:line``."""
     tree = ast.parse(path.read_text(), str(path))
     return [
         f"{path.relative_to(ROOT)}:{node.lineno} pytest...{node.attr}"
         for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute) and node.attr in _SKIPPERS
+        if isinstance(node, ast.Attribute)
+        and (node.attr in _SKIPPERS or node.attr.endswith("orskip"))
     ]
 
 
