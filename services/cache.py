@@ -37,6 +37,7 @@ from services.metrics import (
     CACHE_LOOKUPS,
     CACHE_SINGLE_FLIGHT_WAITS,
 )
+from services.pubsub import ChannelListener
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,18 @@ class DependencyHealth:
 def invalidation_message(item_ids: Iterable[int] | None) -> bytes:
     """Pub/sub payload dropping ``item_ids`` (``None``: every item) from near caches."""
     return _ALL if item_ids is None else b",".join(str(i).encode() for i in item_ids)
+
+
+def parse_item_ids(payload: bytes) -> list[int] | None:
+    """The ids of an :func:`invalidation_message` (``None``: every item); a malformed
+    payload is logged and names no item."""
+    if payload == _ALL:
+        return None
+    try:
+        return [int(part) for part in payload.split(b",") if part]
+    except ValueError:
+        log.warning("ignoring malformed invalidation (or sold-out) message %r", payload[:100])
+        return []
 
 
 def queue_invalidation(pipe: Any, keys: Keys, item_ids: Iterable[int]) -> None:
@@ -206,7 +219,6 @@ class ItemCache:
         self._inflight: dict[int, asyncio.Task[dict[int, Item | None]]] = {}
         self._reader = CoalescingReader(client)
         self._release_locks = client.register_script(_RELEASE_LOCKS)
-        self._listener: asyncio.Task[None] | None = None
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -398,54 +410,13 @@ class ItemCache:
 
     # --- invalidation listener -----------------------------------------------------------------
 
-    async def start(self, timeout: float = 2.0) -> None:
-        """Start listening for invalidations; return once subscribed (or after ``timeout``
-        if Redis is down: the listener keeps retrying in the background)."""
-        if self._listener is not None:
-            return
-        subscribed = asyncio.get_running_loop().create_future()
-        self._listener = asyncio.get_running_loop().create_task(self._listen(subscribed))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(subscribed), timeout)
+    def listen(self, listener: ChannelListener) -> None:
+        """Drop near-cache entries on the invalidations ``listener`` (on the cache Redis)
+        receives; without the channel the near cache is not trusted beyond its short TTL."""
+        listener.on(
+            {self.keys.invalidate_channel: self._on_invalidation},
+            on_gap=lambda: self.forget_near(None),
+        )
 
-    async def stop(self) -> None:
-        """Stop the listener."""
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
-
-    async def _listen(self, subscribed: asyncio.Future[None]) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.keys.invalidate_channel)
-                    # Anything published while we were not listening is lost: start clean.
-                    self.forget_near(None)
-                    if not subscribed.done():
-                        subscribed.set_result(None)
-                    backoff = 0.1
-                    async for message in pubsub.listen():
-                        self._on_invalidation(message["data"])
-            except (RedisError, OSError) as exc:
-                log.debug("invalidation listener: %s; retrying in %.1fs", exc, backoff)
-                # Without the channel the near cache cannot be trusted beyond its short TTL.
-                self.forget_near(None)
-                if not subscribed.done():
-                    subscribed.set_result(None)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-
-    def _on_invalidation(self, data: bytes | str) -> None:
-        payload = data.encode() if isinstance(data, str) else data
-        if payload == _ALL:
-            self.forget_near(None)
-            return
-        try:
-            ids = [int(part) for part in payload.split(b",") if part]
-        except ValueError:
-            log.warning("ignoring malformed invalidation %r", payload[:100])
-            return
-        self.forget_near(ids)
+    def _on_invalidation(self, payload: bytes) -> None:
+        self.forget_near(parse_item_ids(payload))

@@ -16,6 +16,7 @@ Cache keys (on ``CACHE_REDIS_URL``; all with a TTL, evictable by LRU):
 - ``{p}item:{item_id}``: the item as JSON, or ``NEGATIVE`` for an unknown id.
 - ``{p}lock:item:{item_id}``: the single-flight loader lock across processes.
 - channel ``{p}invalidate``: item ids whose near-cache entries must be dropped.
+- channel ``{p}soldout``: an item id whose stock an api process found at 0.
 """
 
 from __future__ import annotations
@@ -65,3 +66,8 @@ class Keys:
     def invalidate_channel(self) -> str:
         """Pub/sub channel carrying item ids to drop from near caches."""
         return f"{self.prefix}invalidate"
+
+    @property
+    def sold_out_channel(self) -> str:
+        """Pub/sub channel carrying item ids found sold out (``services.api.soldout``)."""
+        return f"{self.prefix}soldout"

@@ -54,12 +54,25 @@ ORDER_PUBLISH_LATENCY = Histogram(
     "Time to publish an accepted order and get the broker's confirm.",
     buckets=LATENCY_BUCKETS,
 )
+ADMISSION_REJECTED = Counter(
+    "api_admission_rejected_total",
+    "Requests answered 503 overloaded at once: their gate had its limit in flight.",
+    ["gate"],
+)
+ORDERS_SOLD_OUT_FROM_MEMORY = Counter(
+    "orders_sold_out_from_memory_total",
+    "Orders answered 409 sold_out from the in-process sold-out flag, without Redis.",
+)
 API_DEGRADED = Gauge(
     "api_degraded",
     "1 while a dependency (Redis, broker, database) is unreachable.",
     ["dependency"],
     multiprocess_mode="max",
 )
+ADMISSION_GATES = ("orders", "reads")
+"""The api's admission gates (``services.api.admission``), exported at 0 from the start."""
+for _gate in ADMISSION_GATES:
+    ADMISSION_REJECTED.labels(_gate)
 
 # --- worker ----------------------------------------------------------------------------------
 WORKER_TASKS = Counter(

@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     )
     publish_threads: int = Field(8, ge=1, description="threads of the `threads` publisher")
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After of a 503")
+    order_admission_limit: int = Field(
+        128, ge=1, description="orders in flight per api process; beyond it 503 overloaded"
+    )
+    read_admission_limit: int = Field(
+        512, ge=1, description="item reads in flight per api process; beyond it 503 overloaded"
+    )
+    sold_out_ttl_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="how long an item's in-memory sold-out flag answers 409 without Redis",
+    )
 
     # Reconciler.
     reconcile_grace_seconds: float = Field(

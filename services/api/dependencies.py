@@ -16,9 +16,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from services import db
+from services.api.soldout import SoldOutBoard
 from services.cache import CoalescingReader, DependencyHealth, ItemCache
 from services.keys import Keys
 from services.publisher import TaskPublisher, make_publisher
+from services.pubsub import ChannelListener
 from services.settings import Settings
 from services.store import AsyncOrderStore
 
@@ -59,6 +61,8 @@ class ApiContext:
     cache: ItemCache
     stock_reader: CoalescingReader
     publisher: TaskPublisher
+    sold_out: SoldOutBoard
+    listener: ChannelListener
     health: DependencyHealth
     versions: VersionClock
 
@@ -87,20 +91,25 @@ class ApiContext:
             ),
             stock_reader=CoalescingReader(state_redis),
             publisher=make_publisher(settings),
+            sold_out=SoldOutBoard(cache_redis, keys, settings.sold_out_ttl_seconds),
+            listener=ChannelListener(cache_redis),
             health=health,
             versions=VersionClock(),
         )
 
     async def open(self) -> None:
-        """Open the database pool (without waiting for it), start the invalidation listener
-        and the publisher's connection."""
+        """Open the database pool (without waiting for it), start the invalidation and
+        sold-out listeners and the publisher's connection."""
         await self.db_pool.open(wait=False)
-        await self.cache.start()
+        self.cache.listen(self.listener)
+        self.sold_out.listen(self.listener)
+        await self.listener.start()
         await self.publisher.start()
 
     async def close(self) -> None:
         """Stop everything :meth:`open` started and close the clients."""
-        await self.cache.stop()
+        await self.listener.stop()
+        await self.sold_out.stop()
         await self.publisher.close()
         await self.db_pool.close()
         await self.state_redis.aclose()

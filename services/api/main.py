@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.api.admission import AdmissionMiddleware, admission_gates
 from services.api.dependencies import ApiContext
 from services.api.errors import install_error_handlers
 from services.api.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -51,6 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(dashboard.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=resolved.max_body_bytes)
+    # Outside the body limit: an overloaded process does not even read the body.
+    app.add_middleware(
+        AdmissionMiddleware,
+        gates=admission_gates(resolved),
+        retry_after_seconds=resolved.retry_after_seconds,
+    )
     # Added last, so outermost: it also counts the 413s of the body limit.
     app.add_middleware(MetricsMiddleware)
     return app

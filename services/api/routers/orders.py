@@ -141,6 +141,8 @@ async def create_order(
         raise ApiError(
             422, "quantity_too_large", f"at most {ctx.settings.max_quantity} units per order"
         )
+    if key is None and ctx.sold_out.is_sold_out(body.item_id):
+        raise ctx.sold_out.answer(body.item_id)
     order_id = str(uuid.uuid4())
     try:
         result = await _reserve(ctx, order_id, body, key)
@@ -159,6 +161,7 @@ async def create_order(
             ctx.settings.retry_after_seconds,
         ) from exc
     ctx.health.report("redis", True)
+    ctx.sold_out.learn(body.item_id, result)
     if result.outcome is Outcome.DUPLICATE:
         assert result.order is not None
         ORDERS.labels("duplicate").inc()
