@@ -409,6 +409,20 @@ def overview() -> Board:
     )
     b.add(
         timeseries(
+            "Shed at once: overloaded and sold out from memory",
+            Query(
+                f"sum by (gate) (rate(api_admission_rejected_total[{RATE}]))",
+                "503 overloaded: {{gate}}",
+            ),
+            Query(f"sum(rate(orders_sold_out_from_memory_total[{RATE}]))", "409 sold out (memory)"),
+            unit="reqps",
+            desc="Answered without doing the work: beyond a gate's in-flight limit (admission "
+            "control), or for an item this process knows is sold out.",
+        ),
+        8,
+    )
+    b.add(
+        timeseries(
             "Degraded dependencies",
             Query("max by (dependency) (api_degraded)", "{{dependency}}"),
             desc="1 while the api cannot reach a dependency and serves in degraded mode.",
