@@ -29,6 +29,13 @@ from services.metrics import ADMISSION_GATES, ADMISSION_REJECTED
 from services.settings import Settings
 
 
+@dataclass(frozen=True)
+class RouteLabel:
+    """Stands for the matched route in the scope of a request the router never saw."""
+
+    path: str
+
+
 @dataclass
 class Gate:
     """Requests of one kind (``method`` on a path starting with ``path``) and their bound."""
@@ -40,6 +47,12 @@ class Gate:
     exact: bool = False
     """Match ``path`` exactly rather than as a prefix."""
     in_flight: int = 0
+
+    @property
+    def route(self) -> str:
+        """The ``route`` label of a rejected request in ``http_requests_total``: the path
+        as a template (``/items*`` for a prefix), never "unmatched"."""
+        return self.path if self.exact else f"{self.path}*"
 
     def matches(self, scope: Scope) -> bool:
         """Whether this request belongs to the gate."""
@@ -66,6 +79,9 @@ class AdmissionMiddleware:
             return
         if gate.in_flight >= gate.limit:
             self._rejected[gate.name].inc()
+            # The router never sees the request: label it for the metrics middleware
+            # (which reads ``scope["route"].path``) as the router would have.
+            scope["route"] = RouteLabel(gate.route)
             detail = f"more than {gate.limit} {gate.name} requests in flight; retry shortly"
             await error_response(503, "overloaded", detail, self.headers)(scope, receive, send)
             return

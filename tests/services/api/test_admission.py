@@ -63,6 +63,8 @@ async def test_orders_beyond_the_limit_get_503_overloaded_at_once(
     assert refused.json()["error"] == "overloaded"
     assert refused.headers["Retry-After"] == str(api.settings.retry_after_seconds)
     assert sample("api_admission_rejected_total", gate="orders") == rejected_before + 1
+    labels = {"method": "POST", "route": "/orders", "status": "503"}
+    assert sample("http_requests_total", **labels) >= 1
     assert not any(task.done() for task in admitted)
     # Nothing was reserved for the refused order: only the first and the admitted ones.
     assert await api.ctx.store.get_stocks([1]) == [100 - 1 - LIMIT]
