@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: venv up down status test lint format bench images compose-up compose-down spike system-deps services clean
+.PHONY: venv up down status test lint format bench images compose-up compose-down k8s spike system-deps services clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ compose-up: venv  ## the whole stack in Docker Compose; waits until healthy, pri
 
 compose-down: venv  ## every container of every profile (volumes too: make compose-down ARGS=-v)
 	$(BIN)/python -m loadtest.stack down $(ARGS)
+
+OVERLAY ?= dev
+k8s:  ## the Kubernetes manifests of one overlay (dev, production, keda): make k8s OVERLAY=production
+	@scripts/k8s-render $(OVERLAY)
 
 spike: venv services
 	$(BIN)/python -m loadtest spike --target native

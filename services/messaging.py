@@ -7,7 +7,7 @@ redeclaration with other arguments), and the publisher's routes must be the work
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from kombu import Exchange, Queue
 
@@ -20,9 +20,22 @@ APPLY_ITEM_UPDATE = "services.worker.tasks.apply_item_update"
 """``apply_item_update(update)``, ``update = {item_id, name?, price_cents?, stock?, version}``."""
 
 
-def durable_queue(name: str) -> Queue:
-    """A durable classic queue on its own direct exchange, as Celery declares a named queue."""
-    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
+def durable_queue(name: str, queue_type: Literal["classic", "quorum"] = "classic") -> Queue:
+    """A durable queue on its own direct exchange, as Celery declares a named queue.
+
+    A classic queue is declared without ``x-queue-type`` (as before the setting existed),
+    so a queue declared by an older release is redeclared with identical arguments.
+    RabbitMQ fixes a queue's type at declaration: switching an existing queue to quorum
+    means deleting it (once drained) and letting the services declare it anew.
+    """
+    arguments = {} if queue_type == "classic" else {"x-queue-type": queue_type}
+    return Queue(
+        name,
+        Exchange(name, type="direct", durable=True),
+        routing_key=name,
+        durable=True,
+        queue_arguments=arguments,
+    )
 
 
 def routing_config(settings: Settings) -> dict[str, Any]:
@@ -31,7 +44,7 @@ def routing_config(settings: Settings) -> dict[str, Any]:
     messages), JSON only."""
     return {
         "task_queues": (
-            durable_queue(settings.order_queue),
+            durable_queue(settings.order_queue, settings.order_queue_type),
             durable_queue(settings.item_update_queue),
         ),
         "task_routes": {

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
 
     # Queues.
     order_queue: str = Field("orders", description="durable queue of accepted orders")
+    order_queue_type: Literal["classic", "quorum"] = Field(
+        "classic",
+        description="x-queue-type of the order queue (quorum: replicated; a policy cannot"
+        " change it, an existing queue must be deleted first)",
+    )
     item_update_queue: str = Field(
         "item_updates", description="durable queue of admin item updates"
     )
