@@ -6,11 +6,13 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
+# setup.py and the C source are in the stamp: ``pip install -e`` compiles gmpworker's
+# native core (gmpworker/_core.c) into the source tree, so a change to it reinstalls.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock setup.py gmpworker/_core.c | cksum | cut -d' ' -f1)
 
 .PHONY: venv up down status test lint format bench images compose-up compose-down k8s spike system-deps services clean
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock setup.py gmpworker/_core.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements.lock -e '.[services,loadtest,dev]'

@@ -46,7 +46,7 @@ What CPython changes, honestly:
 
 from __future__ import annotations
 
-from . import context, net
+from . import context, native, net
 from .chan import Case, Chan
 from .errors import Cancelled, ChanClosedError, Deadlock, FatalError, GoPanic, Panic, ValuePanic
 from .runtime import Runtime, current_goid, go, gosched, run, stats
@@ -55,6 +55,8 @@ from .select import recv_case, select, send_case
 from .sync import Cond, Mutex, Once, RWMutex, WaitGroup
 from .syscall import syscall
 from .timers import Ticker, Timer, after, sleep
+
+native.bind()
 
 __all__ = [
     "Cancelled",
@@ -80,6 +82,7 @@ __all__ = [
     "current_goid",
     "go",
     "gosched",
+    "native",
     "net",
     "recv_case",
     "run",

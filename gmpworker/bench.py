@@ -1,9 +1,12 @@
-"""Side-by-side benchmark of gmpworker against the Python alternatives (issue 2).
+"""Side-by-side benchmark of gmpworker against the Python alternatives (issue 16).
 
 Run ``python -m gmpworker.bench [--quick] [--json FILE]``. Every row is measured in
-the same process and the same run, so the ratio column (against the asyncio row of
-each section) compares like with like on whatever machine runs it. Lower is better
-in every section. Progress goes to stderr; the single table goes to stdout.
+the same run, so the ratio column (against the asyncio row of each section) compares
+like with like on whatever machine runs it. Lower is better in every section. Both
+gmpworker implementations appear: the native core (``gmpworker._core``) and the pure
+runtime (``GMPWORKER_PURE=1``); each of their samples runs in a child process with
+that setting (``--child``), timed inside the runtime like every other row. Progress
+goes to stderr; the single table goes to stdout.
 
 Sections:
 
@@ -27,6 +30,7 @@ import argparse
 import asyncio
 import gc
 import importlib
+import importlib.util
 import itertools
 import json
 import math
@@ -34,6 +38,7 @@ import os
 import platform
 import queue
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -108,7 +113,6 @@ class Verdict:
     row: str
     value: str
     met: bool | None  # None: not measured
-    aim_met: bool | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -120,6 +124,13 @@ def gmp_missing() -> str | None:
     if absent:
         return f"gmpworker unavailable: no {', '.join(absent)} in {gmp.__name__}"
     return None
+
+
+def native_missing() -> str | None:
+    """Why the native-core rows cannot run (gmpworker._core not built), or None."""
+    if importlib.util.find_spec("gmpworker._core") is None:
+        return "gmpworker._core is not built (pip install builds it when gcc is there)"
+    return gmp_missing()
 
 
 def uvloop_missing() -> str | None:
@@ -303,15 +314,38 @@ async def _gmp_pingpong(n: int) -> float:
     return per_op_us(elapsed, n)
 
 
-def gmp_on(procs: int, main: Callable[[int], Awaitable[float]]) -> Callable[[int], float]:
-    """A measure function running ``main(n)`` as G1 of a fresh gmpworker runtime."""
+IMPLEMENTATIONS = ("native", "pure")  # gmpworker.native.IMPLEMENTATION values
+
+
+def gmp_in(
+    impl: str, procs: int, main: Callable[[int], Awaitable[float]]
+) -> Callable[[int], float]:
+    """A measure function running ``main(n)`` as G1 of a fresh gmpworker runtime, on the
+    native core or the pure runtime: in a child process (``--child``) whose
+    ``GMPWORKER_PURE`` selects it, so both appear in one run. The child times only
+    ``main`` itself, as every other row does; its start-up is not counted."""
 
     def measure(n: int) -> float:
-        result: float = gmp.run(main, n, procs=procs)
-        return result
+        env = dict(os.environ, GMPWORKER_PURE="1" if impl == "pure" else "0")
+        child = [sys.executable, "-m", "gmpworker.bench", "--child", impl, main.__name__]
+        done = subprocess.run(
+            [*child, str(procs), str(n)], env=env, capture_output=True, text=True, timeout=600
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(child)} failed: {done.stderr.strip()[-2000:]}")
+        return float(done.stdout.split()[-1])
 
-    measure.__doc__ = f"{main.__name__} under gmp.run(procs={procs})"
+    measure.__doc__ = f"{main.__name__} under gmp.run(procs={procs}), {impl} runtime"
     return measure
+
+
+def run_child(impl: str, main_name: str, procs: int, n: int) -> float:
+    """The ``--child`` side of ``gmp_in``: one sample of ``main_name(n)`` on ``impl``."""
+    if impl != gmp.native.IMPLEMENTATION:
+        raise RuntimeError(f"asked for the {impl} runtime, got {gmp.native.IMPLEMENTATION}")
+    main = globals()[main_name]
+    result: float = gmp.run(main, n, procs=procs)
+    return result
 
 
 # --------------------------------------------------------------------------- spawn
@@ -526,6 +560,39 @@ SECTIONS = (
 )
 SECTION_BY_KEY = {s.key: s for s in SECTIONS}
 
+
+def gmp_cases(
+    section: str,
+    what: str,
+    main: Callable[[int], Awaitable[float]],
+    sizes: tuple[int, int, int],
+    note: str,
+    procs: tuple[int, ...] = (1, 2),
+) -> list[Case]:
+    """The gmpworker rows of a section: each implementation (native core, pure Python)
+    at each GOMAXPROCS, keyed ``<section>.<impl><procs>`` (``memory.native``)."""
+    n_full, n_quick, repeats = sizes
+    cases = []
+    for impl in IMPLEMENTATIONS:
+        for p in procs:
+            suffix = f"{impl}{p}" if len(procs) > 1 else impl
+            label = f"gmpworker {impl}, {what}" + (f", procs={p}" if len(procs) > 1 else "")
+            cases.append(
+                Case(
+                    f"{section}.{suffix}",
+                    section,
+                    label,
+                    gmp_in(impl, p, main),
+                    n_full,
+                    n_quick,
+                    repeats,
+                    note + ("" if len(procs) > 1 else f", procs={p}"),
+                    native_missing if impl == "native" else gmp_missing,
+                )
+            )
+    return cases
+
+
 CASES = (
     Case(
         "pingpong.process",
@@ -568,27 +635,8 @@ CASES = (
         "same code as asyncio.Queue, uvloop event loop",
         uvloop_missing,
     ),
-    Case(
-        "pingpong.gmp1",
-        "pingpong",
-        "gmpworker Chan(0), procs=1",
-        gmp_on(1, _gmp_pingpong),
-        20_000,
-        500,
-        5,
-        "two Gs, two unbuffered Chans",
-        gmp_missing,
-    ),
-    Case(
-        "pingpong.gmp2",
-        "pingpong",
-        "gmpworker Chan(0), procs=2",
-        gmp_on(2, _gmp_pingpong),
-        20_000,
-        500,
-        5,
-        "two Gs, two unbuffered Chans",
-        gmp_missing,
+    *gmp_cases(
+        "pingpong", "Chan(0)", _gmp_pingpong, (20_000, 500, 5), "two Gs, two unbuffered Chans"
     ),
     Case(
         "spawn.thread",
@@ -610,27 +658,8 @@ CASES = (
         5,
         "create n tasks, then gather",
     ),
-    Case(
-        "spawn.gmp1",
-        "spawn",
-        "gmpworker go + WaitGroup, procs=1",
-        gmp_on(1, _gmp_spawn),
-        20_000,
-        500,
-        5,
-        "go n times, then wg.wait()",
-        gmp_missing,
-    ),
-    Case(
-        "spawn.gmp2",
-        "spawn",
-        "gmpworker go + WaitGroup, procs=2",
-        gmp_on(2, _gmp_spawn),
-        20_000,
-        500,
-        5,
-        "go n times, then wg.wait()",
-        gmp_missing,
+    *gmp_cases(
+        "spawn", "go + WaitGroup", _gmp_spawn, (20_000, 500, 5), "go n times, then wg.wait()"
     ),
     Case(
         "memory.go",
@@ -652,16 +681,13 @@ CASES = (
         1,
         "tracemalloc growth / n, one measurement",
     ),
-    Case(
-        "memory.gmp",
+    *gmp_cases(
         "memory",
-        "gmpworker G parked in Chan.recv",
-        gmp_on(1, _gmp_memory),
-        100_000,
-        2_000,
-        1,
-        "tracemalloc growth / n, one measurement, procs=1",
-        gmp_missing,
+        "G parked in Chan.recv",
+        _gmp_memory,
+        (100_000, 2_000, 1),
+        "tracemalloc growth / n, one measurement",
+        procs=(1,),
     ),
     Case(
         "isolation.direct",
@@ -683,27 +709,8 @@ CASES = (
         5,
         "default executor",
     ),
-    Case(
-        "isolation.gmp1",
-        "isolation",
-        "gmpworker syscall(time.sleep), procs=1",
-        gmp_on(1, _gmp_isolation),
-        64,
-        8,
-        5,
-        "gmp.Ticker(0.001) in G1",
-        gmp_missing,
-    ),
-    Case(
-        "isolation.gmp2",
-        "isolation",
-        "gmpworker syscall(time.sleep), procs=2",
-        gmp_on(2, _gmp_isolation),
-        64,
-        8,
-        5,
-        "gmp.Ticker(0.001) in G1",
-        gmp_missing,
+    *gmp_cases(
+        "isolation", "syscall(time.sleep)", _gmp_isolation, (64, 8, 5), "gmp.Ticker(0.001) in G1"
     ),
 )
 
@@ -774,24 +781,18 @@ def add_ratios(rows: list[Row]) -> None:
 # --------------------------------------------------------------------------- targets
 
 
-def _ratio_target(rows: dict[str, Row]) -> list[Verdict]:
-    base = rows["pingpong.asyncio"].value
+def _ratio_target(
+    rows: dict[str, Row], target: str, keys: tuple[str, ...], limit: float
+) -> list[Verdict]:
+    """Rows whose ratio to their section's asyncio row must be at most ``limit``."""
     verdicts = []
-    for key in ("pingpong.gmp1", "pingpong.gmp2"):
+    for key in keys:
         row = rows[key]
-        if row.value is None or not base:
-            verdicts.append(Verdict("ping-pong ≤ 1/5 of asyncio.Queue", row.label, "n/a", None))
+        if row.value is None or row.ratio is None:
+            verdicts.append(Verdict(target, row.label, "n/a", None))
             continue
-        share = base / row.value
-        verdicts.append(
-            Verdict(
-                "ping-pong ≤ 1/5 of asyncio.Queue (aim 1/10)",
-                row.label,
-                f"{row.value:.2f} µs = 1/{share:.1f} of {base:.2f} µs",
-                share >= 5,
-                share >= 10,
-            )
-        )
+        value = f"{format_value(row.value)} {row.unit} = {row.ratio:.3f}x"
+        verdicts.append(Verdict(target, row.label, value, row.ratio <= limit))
     return verdicts
 
 
@@ -810,20 +811,34 @@ def _limit_target(
 
 
 def check_targets(rows: list[Row]) -> list[Verdict]:
-    """The issue's four targets, checked against this run's rows."""
+    """The issue's targets (16, and issue 2's storm bound), checked against this run."""
     by_key = {r.key: r for r in rows}
+    isolation = tuple(f"isolation.{i}{p}" for i in IMPLEMENTATIONS for p in (1, 2))
     return [
-        *_ratio_target(by_key),
-        *_limit_target(
-            by_key, "spawn+exit ≤ 2 µs per G", ("spawn.gmp1", "spawn.gmp2"), 2.0, strict=False
+        *_ratio_target(
+            by_key,
+            "ping-pong ≤ 0.10x asyncio.Queue, native",
+            ("pingpong.native1", "pingpong.native2"),
+            0.10,
         ),
-        *_limit_target(by_key, "≤ 1 KB per parked G", ("memory.gmp",), KB, strict=False),
+        *_ratio_target(
+            by_key,
+            "ping-pong ≤ 0.25x asyncio.Queue, pure",
+            ("pingpong.pure1", "pingpong.pure2"),
+            0.25,
+        ),
         *_limit_target(
             by_key,
-            "ticker p99 lateness < 5 ms in the storm",
-            ("isolation.gmp1", "isolation.gmp2"),
-            5.0,
-            strict=True,
+            "spawn+exit ≤ 1 µs per G, native",
+            ("spawn.native1", "spawn.native2"),
+            1.0,
+            strict=False,
+        ),
+        *_limit_target(
+            by_key, "≤ 1 KB per parked G", ("memory.native", "memory.pure"), KB, strict=False
+        ),
+        *_limit_target(
+            by_key, "ticker p99 lateness < 5 ms in the storm", isolation, 5.0, strict=True
         ),
     ]
 
@@ -884,7 +899,7 @@ def render_table(rows: list[Row], info: dict[str, Any]) -> str:
         "(marked =); lower is better everywhere",
         "",
     ]
-    header = f"{'':2}{'implementation':40} {'value':>9} {'unit':14} {'vs asyncio':>10}  spread"
+    header = f"{'':2}{'implementation':48} {'value':>9} {'unit':14} {'vs asyncio':>10}  spread"
     for section in SECTIONS:
         lines.append(section.title)
         lines.append(header)
@@ -899,7 +914,7 @@ def render_table(rows: list[Row], info: dict[str, Any]) -> str:
             if row.error:
                 spread = f"({row.error})"
             lines.append(
-                f"{mark:2}{row.label:40} {format_value(row.value):>9} {row.unit:14} "
+                f"{mark:2}{row.label:48} {format_value(row.value):>9} {row.unit:14} "
                 f"{ratio:>10}  {spread}"
             )
         lines.append("")
@@ -908,11 +923,10 @@ def render_table(rows: list[Row], info: dict[str, Any]) -> str:
 
 def render_targets(verdicts: list[Verdict]) -> str:
     """The issue's targets and whether this run meets each."""
-    lines = ["targets (issue 2):"]
+    lines = ["targets (issue 16):"]
     for v in verdicts:
         state = {True: "MET", False: "NOT MET", None: "NOT MEASURED"}[v.met]
-        aim = "" if v.aim_met is None else f" (aim 1/10: {'met' if v.aim_met else 'not met'})"
-        lines.append(f"  {state:12} {v.target}: {v.row}: {v.value}{aim}")
+        lines.append(f"  {state:12} {v.target}: {v.row}: {v.value}")
     return "\n".join(lines)
 
 
@@ -934,7 +948,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gmpworker.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (smoke)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument(
+        "--child",
+        nargs=4,
+        metavar=("IMPL", "MAIN", "PROCS", "N"),
+        help="internal: print one sample of a gmpworker row (see gmp_in)",
+    )
     args = parser.parse_args(argv)
+    if args.child:
+        impl, main_name, procs, n = args.child
+        print(run_child(impl, main_name, int(procs), int(n)))
+        return 0
     info = machine_info()
     info["command"] = " ".join(
         ["python -m gmpworker.bench", *(argv if argv is not None else sys.argv[1:])]

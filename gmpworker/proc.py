@@ -25,6 +25,7 @@ from . import syscall as _syscall
 from . import timers
 from .checkdead import checkdead
 from .errors import Cancelled, FatalError
+from .native import core
 from .runtime2 import (
     LOCAL_RUNQ_CAP,
     G,
@@ -37,8 +38,8 @@ from .runtime2 import (
     _Pidle,
     _Prunning,
     getg,
-    mtls,
     schedt,
+    setm,
 )
 from .trap import GOSCHED, PARK, PREEMPT, SyscallReq, foreign_yield_error
 
@@ -118,6 +119,11 @@ def runqget(pp: P) -> tuple[G | None, bool]:
 def runqempty(pp: P) -> bool:
     """Mirrors runtime.runqempty: no G in the ring nor in ``runnext``."""
     return not pp.runq and not pp.runnext
+
+
+def runqsize(pp: P) -> int:
+    """The Gs queued on ``pp``: its ring plus ``runnext`` (schedtrace's runqsizes)."""
+    return len(pp.runq) + len(pp.runnext)
 
 
 def runqgrab(pp: P, stealRunNextG: bool) -> list[G]:
@@ -374,7 +380,7 @@ def _startthread(m: M) -> None:
 def mstart(m: M) -> None:
     """Entry point of a new M's thread. Mirrors runtime.mstart/mstart1 + schedule."""
     m.bindthread()
-    mtls.m = m
+    setm(m)
     pp = m.nextp
     m.nextp = None
     if pp is not None:
@@ -385,6 +391,7 @@ def mstart(m: M) -> None:
         schedule(m)
     finally:
         _mexit(m)
+        setm(None)
 
 
 def _mexit(m: M) -> None:
@@ -1055,6 +1062,20 @@ def stealWork(m: M, now: int) -> tuple[G | None, bool, int, int, bool]:
     return None, False, now, pollUntil, ranTimer
 
 
+# The native core replaces the hot paths above with C versions of the same Go
+# functions (native.py); the Python definitions stay the reference and run with
+# GMPWORKER_PURE=1. Rebinding the module globals here means every caller, in this
+# module and in those that import these names, uses the native version.
+if core is not None:
+    runqput = core.runqput
+    runqget = core.runqget
+    runqempty = core.runqempty
+    runqsize = core.runqsize
+    runqgrab = core.runqgrab
+    goready = core.goready
+    newproc = core.newproc
+    schedule = core.schedule
+
 __all__ = [
     "acquirep",
     "fatal",
@@ -1074,6 +1095,7 @@ __all__ = [
     "runqget",
     "runqput",
     "runqputslow",
+    "runqsize",
     "runqsteal",
     "schedule",
     "startm",

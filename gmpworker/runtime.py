@@ -18,14 +18,17 @@ from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from . import proc
+from .chan import Chan
+from .native import core
 from .netpoll import Netpoll
-from .runtime2 import GHandle, M, getg, mtls, schedt
+from .runtime2 import GHandle, M, getg, mtls, schedt, setm
 from .syscall import syscall
 from .sysmon import start_sysmon
 from .trap import gosched_trap
 
 _CoroutineType = types.CoroutineType
 _FunctionType = types.FunctionType
+_BuiltinMethodType = types.BuiltinMethodType
 _CO_COROUTINE = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE
 DEFAULT_MAXMCOUNT = 10000  # schedinit: sched.maxmcount = 10000
 
@@ -65,7 +68,13 @@ def _mkcoro(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Coroutine
             return cast(Coroutine[Any, Any, Any], fn)
         raise TypeError(f"go() needs a callable or an async function, got {type(fn).__name__}")
     code = getattr(fn, "__code__", None)
-    if (code is not None and code.co_flags & _CO_COROUTINE) or inspect.iscoroutinefunction(fn):
+    if (
+        (code is not None and code.co_flags & _CO_COROUTINE)
+        or inspect.iscoroutinefunction(fn)
+        or (type(fn) is _BuiltinMethodType and isinstance(fn.__self__, Chan))
+    ):
+        # (the last: a channel operation of the native core, a C method returning
+        # an awaitable, e.g. go(ch.send, v))
         return _checkawaitable(fn, fn(*args, **kwargs))
     return _syscallg(fn, args, kwargs)
 
@@ -77,7 +86,7 @@ def _checkawaitable(fn: Any, coro: Any) -> Coroutine[Any, Any, Any]:
     return cast(Coroutine[Any, Any, Any], coro)
 
 
-def go(fn: Any, *args: Any, **kwargs: Any) -> GHandle:
+def go_pure(fn: Any, *args: Any, **kwargs: Any) -> GHandle:
     """Start a new G running ``fn(*args, **kwargs)`` and return its handle.
 
     An ``async def`` function runs as a native G; a plain callable runs as one
@@ -102,6 +111,11 @@ def go(fn: Any, *args: Any, **kwargs: Any) -> GHandle:
             "gmpworker.go() called outside a goroutine: use gmpworker.run() or Runtime.submit()"
         )
     return proc.newproc(gp.sched, coro, m.p)
+
+
+# ``go``: the native core does go_pure's async-def fast path in C and hands every
+# other case to go_pure (native.py).
+go: Callable[..., GHandle] = go_pure if core is None else core.go
 
 
 async def gosched() -> None:
@@ -281,7 +295,7 @@ class Runtime:
         m0.thread = threading.current_thread()
         m0.bindthread()
         outer = getattr(mtls, "m", None)  # a run() inside a G or syscall of another runtime
-        mtls.m = m0
+        setm(m0)
         with sched.lock:
             sched.allm.append(m0)
             pp = proc.pidleget(sched)
@@ -293,10 +307,7 @@ class Runtime:
         try:
             proc.schedule(m0)
         finally:
-            if outer is None:
-                del mtls.m
-            else:
-                mtls.m = outer
+            setm(outer)
             with sched.lock:
                 if m0 in sched.allm:
                     sched.allm.remove(m0)

@@ -8,6 +8,7 @@ Go's; fields Go has but a Python port cannot use (stack bounds, GC state) are le
 from __future__ import annotations
 
 import _thread
+import contextlib
 import contextvars
 import sys
 import threading
@@ -18,6 +19,7 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from .errors import Cancelled
+from .native import core
 from .trap import park
 
 if TYPE_CHECKING:
@@ -82,6 +84,21 @@ forcePreemptNS = 10_000_000  # 10ms
 # runtime used to store the G in that Context too, which cost a HAMT node per G and
 # made every G cyclic garbage: G -> ctx -> HAMT -> G.)
 mtls = _thread._local()
+
+
+def setm(m: M | None) -> None:
+    """Make ``m`` the calling thread's M (None: it has none). Go's TLS, for ``getg``.
+
+    The native core keeps its own copy in a C thread-local, read by its channel
+    operations and ``go()``.
+    """
+    if m is None:
+        with contextlib.suppress(AttributeError):
+            del mtls.m
+    else:
+        mtls.m = m
+    if core is not None:
+        core.setm(m)
 
 
 def getg() -> G | None:
@@ -296,8 +313,11 @@ class GHandle:
         ws = self._waiters
         self._waiters = None
         _hlock.release()  # nothing above can raise
-        if ws is None:
-            return
+        if ws is not None:
+            self._wake(ws, pp)
+
+    def _wake(self, ws: list[Any], pp: P | None) -> None:
+        """Wake what waited for this finished G: Gs, foreign threads' locks, callbacks."""
         for w in ws:
             if isinstance(w, GHandle):
                 from .proc import goready
@@ -438,11 +458,13 @@ class sysmontick:
 class P:
     """A logical processor: the right to run Gs, with a local run queue (Go's ``p``).
 
-    ``runq`` is a deque: ``append``/``popleft`` are atomic in CPython, so the owner
-    pushes and the owner or a thief pops without a lock (Go's lock-free ring).
-    ``runnext`` is a deque holding at most one G; ``pop()`` is the atomic CAS-to-nil.
-    (A deque rather than a list: a list frees its item array each time it empties
-    and reallocates it on the next append, twice per channel hand-off.)
+    Pure runtime: ``runq`` is a deque: ``append``/``popleft`` are atomic in CPython,
+    so the owner pushes and the owner or a thief pops without a lock (Go's lock-free
+    ring). ``runnext`` is a deque holding at most one G; ``pop()`` is the atomic
+    CAS-to-nil. (A deque rather than a list: a list frees its item array each time
+    it empties and reallocates it on the next append, twice per channel hand-off.)
+    Native core: ``runq`` is Go's 256-slot ring plus ``runnext`` in one C struct,
+    whose operations are atomic because they hold the GIL throughout.
     """
 
     __slots__ = (
@@ -476,8 +498,10 @@ class P:
         self.m: M | None = None
         self.goidcache = 0
         self.goidcacheend = 0
-        self.runq: deque[G] = deque()
-        self.runnext: deque[G] = deque()
+        # Native: one C struct holds the ring and runnext (core.runq); the pure
+        # runtime uses two deques, so runnext is unused (None) with the core.
+        self.runq: Any = deque() if core is None else core.runq()
+        self.runnext: Any = deque() if core is None else None
         # 4-ary in Go; a binary heapq here (same ordering behaviour).
         self.timers: list[tuple[int, int, Timer_]] = []
         self.timersLock = _thread.allocate_lock()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from . import proc
 from .runtime2 import GSTATUS_NAMES, PSTATUS_NAMES, _Gwaiting, schedt
 
 
@@ -77,7 +78,7 @@ def sched_stats(sched: schedt) -> dict[str, Any]:
             "spinningthreads": sched.nmspinning,
             "idlethreads": sched.nmidle,
             "runqueue": len(sched.runq),
-            "runqsizes": [len(pp.runq) + len(pp.runnext) for pp in sched.allp],
+            "runqsizes": [proc.runqsize(pp) for pp in sched.allp],
             "pstatus": [PSTATUS_NAMES[pp.status] for pp in sched.allp],
             "schedticks": [pp.schedtick for pp in sched.allp],
             "gs_by_state": gs,

@@ -440,6 +440,7 @@ def test_channel_operations_that_complete_at_once_do_not_switch() -> None:
 
         gmp.go(sender)
         await gmp.sleep(0.001)  # the sender is parked now
+        await gmp.gosched()  # clears a preemption flag sysmon set before the count starts
         s0, p0 = _switches_and_preemptions()
         v = await parked.recv()  # hand-off from a parked sender
         assert v == 1
@@ -483,6 +484,7 @@ def test_ping_pong_round_trip_is_two_switches() -> None:
         gmp.go(echo)
         await ping.send(0)
         await pong.recv()
+        await gmp.gosched()  # clears a preemption flag sysmon set before the count starts
         s0, p0 = _switches_and_preemptions()
         for i in range(rounds):
             await ping.send(i)
