@@ -272,11 +272,26 @@ def _ms(value: Any) -> float | None:
     return None if value is None else round(float(value), 1)
 
 
+def _pending(client: redis.Redis, keys: Keys, conn: psycopg.Connection[Any]) -> int:
+    """Orders pending in Redis, summed over the catalog's items (one pending set each)."""
+    return _pending_of(client, keys, [int(row[0]) for row in conn.execute("SELECT id FROM items")])
+
+
+def _pending_of(client: redis.Redis, keys: Keys, item_ids: Sequence[int]) -> int:
+    """Orders pending in Redis for ``item_ids``."""
+    pipe = client.pipeline(transaction=False)
+    for item_id in item_ids:
+        pipe.zcard(keys.pending(item_id))
+    return sum(int(n) for n in pipe.execute())
+
+
 def sample_state(sources: Sources) -> Sample:
     """Pending orders in Redis and persisted orders in PostgreSQL, now."""
-    with redis.Redis.from_url(sources.redis_url) as client:
-        pending = int(client.zcard(sources.keys.pending))
-    with psycopg.connect(sources.database_url) as conn:
+    with (
+        redis.Redis.from_url(sources.redis_url) as client,
+        psycopg.connect(sources.database_url) as conn,
+    ):
+        pending = _pending(client, sources.keys, conn)
         row = conn.execute("SELECT count(*) FROM orders").fetchone()
     return Sample(time.time(), pending, int(row[0]) if row else 0)
 
@@ -294,7 +309,7 @@ def wait_for_drain(
         psycopg.connect(sources.database_url, autocommit=True) as conn,
     ):
         while True:
-            pending = client.zcard(sources.keys.pending)
+            pending = _pending(client, sources.keys, conn)
             row = conn.execute(
                 "SELECT count(*) FROM orders WHERE order_id = ANY(%s::uuid[])", (list(accepted),)
             ).fetchone()
@@ -354,7 +369,7 @@ class _State:
 
 def _read_state(sources: Sources, orders: Sequence[OrderRecord], since: float) -> _State:
     accepted = [o.order_id for o in orders if o.status == 202 and o.order_id]
-    traced = [o.key for o in orders if o.status in (0, 503)]
+    traced = [o for o in orders if o.status in (0, 503)]
     with psycopg.connect(sources.database_url) as conn:
         rows = {
             str(order_id): (item_id, quantity)
@@ -379,16 +394,16 @@ def _read_state(sources: Sources, orders: Sequence[OrderRecord], since: float) -
             i: None if v is None else int(v) for i, v in zip(item_ids, stock_values, strict=True)
         }
         statuses = _order_statuses(client, keys, accepted)
-        keyed = client.mget([keys.idempotency(k) for k in traced]) if traced else []
+        keyed = client.mget([keys.idempotency(o.item_id, o.key) for o in traced]) if traced else []
         keyed_ids = [o for o in keyed if o]
         return _State(
             rows=rows,
             items=items,
             redis_stock=redis_stock,
             statuses=statuses,
-            keyed_orders=dict(zip(traced, keyed, strict=True)),
+            keyed_orders=dict(zip((o.key for o in traced), keyed, strict=True)),
             keyed_statuses=_order_statuses(client, keys, keyed_ids),
-            pending=int(client.zcard(keys.pending)),
+            pending=_pending_of(client, keys, item_ids),
         )
 
 
@@ -397,7 +412,8 @@ def _order_statuses(client: redis.Redis, keys: Keys, order_ids: Sequence[str]) -
         return {}
     pipe = client.pipeline(transaction=False)
     for order_id in order_ids:
-        pipe.hget(keys.order(order_id), "status")
+        # An id that carries no item (not made by the api) has no Redis record.
+        pipe.hget(keys.order_by_id(order_id) or keys.order(0, order_id), "status")
     return dict(zip(order_ids, pipe.execute(), strict=True))
 
 

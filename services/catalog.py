@@ -8,11 +8,15 @@ Command line::
 ``seed`` inserts items ``1..N`` with deterministic names and prices; it is idempotent
 (existing items are kept) unless ``--reset``, which deletes every persisted order and puts
 every seeded item back to ``S`` units. ``warmup`` writes the items into the cache and
-creates the live stock counters with ``SET NX`` (a running sale's counters are never
-overwritten); ``--reset`` instead overwrites them from the database and clears every
-order, idempotency key and per-user count in Redis: a fresh sale (the load test runs
-``seed --reset`` then ``warmup --reset``). ``POST /admin/warmup`` runs the same
-:func:`warmup`.
+creates the missing live stock counters (a running sale's counters are never
+overwritten; a counter records the item version it was read at, so an update racing the
+warm-up is applied to it exactly once). ``--reset`` is a fresh sale for the named items
+(all without ``--ids``), and only for them: their finished orders, Idempotency-Key
+records and per-user counts are cleared and their counters overwritten from the
+database, minus the units of orders still accepted or being persisted, which keep every
+record (their status and Idempotency-Key are what stop a retry from becoming a second
+order). The load test runs ``seed --reset`` then ``warmup --reset``. ``POST
+/admin/warmup`` runs the same :func:`warmup`.
 """
 
 from __future__ import annotations
@@ -116,16 +120,18 @@ async def warmup(
     """Preload items (all, or ``ids``) into the cache and their stock counters into Redis.
 
     Unknown ids among ``ids`` are cached as negative entries. Without ``reset`` existing
-    stock counters are kept (``SET NX``); with it they are overwritten from the database
-    and the sale's orders, idempotency keys and per-user counts are cleared first.
+    stock counters are kept; with it the named items' sale records are cleared and their
+    counters overwritten (see the module docstring: live orders are kept).
     """
-    cleared = await store.clear_sale() if reset else 0
-    cached = missing = counters = 0
+    cached = missing = counters = cleared = 0
     async for wanted, found in _item_chunks(pool, ids):
         await cache.put({i: found.get(i) for i in wanted})
-        counters += await store.set_stocks(
-            {i: item["stock"] for i, item in found.items()}, overwrite=reset
-        )
+        stocks = {i: (item["stock"], item["version"]) for i, item in found.items()}
+        if reset:
+            cleared += await store.reset_items(stocks)
+            counters += len(stocks)
+        else:
+            counters += await store.init_stocks(stocks)
         cached += len(found)
         missing += len(wanted) - len(found)
     # Every process's near cache may hold what was there before.
@@ -179,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     seed_cmd.add_argument("--reset", action="store_true", help="delete orders, restore stock")
     warm_cmd = commands.add_parser("warmup", help="load items and stock counters into Redis")
     warm_cmd.add_argument("--ids", type=_ids, default=None, help="only these ids (1,2,3)")
-    warm_cmd.add_argument("--reset", action="store_true", help="overwrite counters, clear orders")
+    warm_cmd.add_argument(
+        "--reset", action="store_true", help="fresh sale for these items (live orders kept)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result: Any

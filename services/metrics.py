@@ -113,6 +113,10 @@ STOCK_MISMATCHES = Gauge(
     "Items whose Redis stock differs from the database after pending orders are counted.",
     multiprocess_mode="max",
 )
+STOCK_REPAIRS = Counter(
+    "reconciler_stock_repairs_total",
+    "Stock counters corrected by the reconciler (drift confirmed by two measurements).",
+)
 PENDING_ORDERS = Gauge(
     "orders_pending",
     "Orders accepted in Redis and not yet persisted.",

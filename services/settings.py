@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(
         10.0, gt=0, description="pause between reconciler passes"
     )
+    reconcile_claim_grace_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="a stale order a worker claimed (tried) more recently than this is "
+        "left to that worker's retries instead of being republished",
+    )
 
     # Worker (gmpworker pool and batching).
     gmp_maxprocs: int = Field(2, ge=1, description="GOMAXPROCS of the worker's runtime")

@@ -12,10 +12,11 @@ from typing import Annotated
 import redis.asyncio
 from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from services import db
+from services.api.redis_sent import SendTrackingConnection
 from services.api.soldout import SoldOutBoard
 from services.cache import CoalescingReader, DependencyHealth, ItemCache
 from services.keys import Keys
@@ -119,8 +120,15 @@ class ApiContext:
 def _redis_client(url: str) -> redis.asyncio.Redis:
     # A refused connection fails at once (Redis down: fast 503 or database read); the
     # timeouts only bound a hung Redis, and are loose enough that a busy machine opening
-    # many connections at once is not mistaken for one. One immediate retry covers a
-    # pooled connection gone stale after a Redis restart.
+    # many connections at once is not mistaken for one. One immediate retry (redis.asyncio's
+    # own Retry: the synchronous one is ignored by the asyncio client) covers a pooled
+    # connection gone stale after a Redis restart, and a reply lost to a time-out. It may
+    # re-send a command that ran: safe because every state write is idempotent (the
+    # reservation per order id, the Idempotency-Key binding is the same value, the
+    # transitions check the status).
+    options: dict[str, object] = {}
+    if url.startswith("redis://"):
+        options["connection_class"] = SendTrackingConnection
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
         max_connections=REDIS_MAX_CONNECTIONS,
@@ -129,6 +137,7 @@ def _redis_client(url: str) -> redis.asyncio.Redis:
         socket_timeout=3.0,
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
+        **options,
     )
     return redis.asyncio.Redis(connection_pool=pool)
 

@@ -53,15 +53,17 @@ class OrderAccepted(BaseModel):
 
 
 class OrderStatus(BaseModel):
-    """``GET /orders/{order_id}``: ``accepted`` -> ``persisted``, or ``failed`` with a reason."""
+    """``GET /orders/{order_id}``: ``accepted`` -> ``persisting`` (a worker claimed it) ->
+    ``persisted``, or ``failed`` with a reason."""
 
     order_id: str
     item_id: int
     user_id: str
     quantity: int
-    status: Literal["accepted", "persisted", "failed"]
+    status: Literal["accepted", "persisting", "persisted", "failed"]
     reason: str | None = None
     accepted_at_ms: int
+    claimed_at_ms: int | None = None
     persisted_at_ms: int | None = None
 
 
@@ -93,8 +95,11 @@ class WarmupRequest(_Strict):
     ids: list[ItemId] | None = Field(None, max_length=MAX_WARMUP_IDS)
     reset: bool = Field(
         False,
-        description="overwrite live stock counters and clear orders (a fresh sale); "
-        "without it existing counters of a running sale are kept",
+        description="a fresh sale for the named items only (all without ids): their "
+        "finished orders, Idempotency-Key records and per-user counts are cleared and "
+        "their counters overwritten from the database minus the units of orders still "
+        "accepted or being persisted, which are kept; without it existing counters of a "
+        "running sale are kept",
     )
 
 

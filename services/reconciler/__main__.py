@@ -45,11 +45,11 @@ def main() -> None:
             try:
                 report = reconciler.run_once()
                 log.info(
-                    "pass: %d pending, %d re-published, %d marked persisted, %d mismatched items",
+                    "pass: %d pending, %d re-published, %d marked persisted, %d stock repairs",
                     report.pending,
                     len(report.republished),
                     len(report.marked_persisted),
-                    len(report.stock_mismatches),
+                    len(report.stock_repairs),
                 )
             except Exception:
                 log.exception(

@@ -1,20 +1,27 @@
-"""One reconciliation pass: recover orders stuck between Redis and PostgreSQL, check stock.
+"""One reconciliation pass: recover orders stuck between Redis and PostgreSQL, repair stock.
 
-Redis is the source of truth for *accepted* orders, PostgreSQL for *persisted* ones. An
-order can be stranded in between if the api crashed after reserving and before its
-publish was confirmed, or if the worker gave up on a transient error. Each pass:
+Redis is the source of truth for *live* orders (accepted, or claimed by a worker),
+PostgreSQL for *persisted* ones. An order can be stranded in between if the api crashed
+after reserving and before its publish was confirmed, if a reservation's reply was lost,
+or if the worker gave up on a transient error. Each pass:
 
-1. takes the orders still ``accepted`` after the grace period;
-2. marks ``persisted`` those the database already has (the worker died between its
-   commit and the Redis update) and re-publishes the others (the worker is idempotent,
-   so a duplicate is harmless). While the order queue has a backlog, re-publishing
-   waits: an old order may simply still be queued, and duplicating a whole backlog
-   during a spike would double the work that is already late;
+1. replays the item updates' recorded stock changes of the last hour into Redis (each
+   version is applied once, so this only does something for an update whose task was
+   lost after its commit);
+2. takes the live orders older than the grace period; marks ``persisted`` those the
+   database already has (the worker died between its commit and the Redis update) and
+   re-publishes the others, unless a worker claimed (tried) them within
+   ``RECONCILE_CLAIM_GRACE_SECONDS``: that worker's retries still hold it. While the
+   order queue has a backlog, re-publishing waits: an old order may simply still be
+   queued. A re-published copy next to the original is harmless (persistence is
+   exactly-once by id, and copies in one batch share one fate);
 3. checks every warmed item's invariant ``redis stock == db stock - pending units``
-   (pending units: orders accepted in Redis and not yet in the database) and reports
-   the items that differ (gauge + log). A difference seen once may be a race with an
-   order being reserved or persisted during the check, so a differing item is measured
-   again and reported only if it differs both times by the same amount;
+   (pending units: live orders not yet in the database), each item's counter and live
+   orders read atomically in Redis and the database read in one snapshot, so orders
+   being reserved or persisted meanwhile cause no false alarm. A differing item is
+   measured again, and if it differs by the same amount both times the counter is
+   *repaired* by that amount (a relative ``INCRBY``, so reservations meanwhile are kept),
+   counted in ``reconciler_stock_repairs_total`` and logged;
 4. exports queue depths and the number of pending orders.
 """
 
@@ -22,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +46,7 @@ from services.metrics import (
     QUEUE_MESSAGES,
     STOCK_MISMATCHES,
     STOCK_REMAINING,
+    STOCK_REPAIRS,
 )
 from services.settings import Settings, get_settings
 from services.store import Order, OrderStore, task_payload
@@ -59,10 +66,18 @@ class Report:
     marked_persisted: list[str] = field(default_factory=list)
     republish_deferred: int = 0
     """Stale orders left for a later pass because the order queue had a backlog."""
+    claimed_recently: int = 0
+    """Stale orders left alone because a worker claimed them recently."""
     stock_mismatches: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """item id -> (Redis stock, expected: database stock minus pending units)."""
+    """item id -> (Redis stock, expected: database stock minus pending units), confirmed."""
+    stock_repairs: dict[int, int] = field(default_factory=dict)
+    """item id -> the correction added to its Redis counter."""
     queue_messages: dict[str, int] = field(default_factory=dict)
     pending: int = 0
+
+
+REPLAY_WINDOW = "1 hour"
+"""How far back the item updates' stock changes are replayed (each is a no-op once seen)."""
 
 
 class Reconciler:
@@ -91,27 +106,47 @@ class Reconciler:
         """One pass (see the module docstring); metrics are updated as a side effect."""
         report = Report()
         report.queue_messages = self.queue_depths()
-        self.recover_stale_orders(report)
-        report.stock_mismatches = self.stock_mismatches()
-        report.pending = int(self.store.client.zcard(self.store.keys.pending))
+        items = self._item_ids()
+        self.replay_stock_changes()
+        self.recover_stale_orders(report, items)
+        report.stock_mismatches = self.stock_mismatches(items)
+        report.stock_repairs = self.repair_stock(report.stock_mismatches)
+        report.pending = self.store.pending_count(items)
         PENDING_ORDERS.set(report.pending)
         return report
 
-    def recover_stale_orders(self, report: Report) -> None:
-        """Mark persisted the stale orders the database has; re-publish the others."""
+    def replay_stock_changes(self) -> None:
+        """Shift Redis by every recent recorded stock change it has not seen (idempotent)."""
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT item_id, version, delta FROM item_stock_changes"
+                f" WHERE changed_at > now() - interval '{REPLAY_WINDOW}' ORDER BY version"
+            ).fetchall()
+        for item_id, version, delta in rows:
+            self.store.shift_stock(int(item_id), int(version), int(delta))
+
+    def recover_stale_orders(self, report: Report, item_ids: Sequence[int]) -> None:
+        """Mark persisted the stale orders the database has; re-publish the others that no
+        worker claimed recently."""
         now_ms = int(time.time() * 1000)
         grace_ms = int(self.settings.reconcile_grace_seconds * 1000)
-        stale = self.store.pending_older_than(now_ms - grace_ms, ALL_PENDING)
+        stale = self.store.pending_older_than(now_ms - grace_ms, ALL_PENDING, item_ids)
         if not stale:
             return
         in_db = self.orders_in_db(o["order_id"] for o in stale)
-        report.marked_persisted = self.store.mark_persisted(sorted(in_db), now_ms)
+        report.marked_persisted = self.store.mark_persisted(
+            sorted((o["item_id"], o["order_id"]) for o in stale if o["order_id"] in in_db),
+            now_ms,
+        )
+        claim_cutoff = now_ms - int(self.settings.reconcile_claim_grace_seconds * 1000)
         missing = [o for o in stale if o["order_id"] not in in_db]
+        unclaimed = [o for o in missing if o.get("claimed_at_ms", 0) < claim_cutoff]
+        report.claimed_recently = len(missing) - len(unclaimed)
         if report.queue_messages.get(self.settings.order_queue, 0) > 0:
-            report.republish_deferred = len(missing)
-            log.info("%d stale orders wait for the order queue's backlog", len(missing))
+            report.republish_deferred = len(unclaimed)
+            log.info("%d stale orders wait for the order queue's backlog", len(unclaimed))
             return
-        for order in missing:
+        for order in unclaimed:
             self.republish(order)
             report.republished.append(order["order_id"])
 
@@ -128,62 +163,68 @@ class Reconciler:
     def orders_in_db(self, order_ids: Iterable[str]) -> set[str]:
         """Those of ``order_ids`` the orders table holds."""
         with self.db.connection() as conn:
-            rows = conn.execute(
-                "SELECT order_id::text FROM orders WHERE order_id = ANY(%s::uuid[])",
-                (list(order_ids),),
-            )
-            return {row[0] for row in rows}
+            return _rows_of(conn, order_ids)
 
-    def stock_mismatches(self) -> dict[int, tuple[int, int]]:
-        """Items breaking ``redis == db - pending`` twice in a row; also sets the gauge."""
-        first = self._measure_mismatches(None)
+    def stock_mismatches(self, item_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """Items breaking ``redis == db - pending`` twice in a row by the same amount; also
+        sets the gauge."""
+        first = self._measure_mismatches(item_ids, full=True)
         second = self._measure_mismatches(sorted(first)) if first else {}
         confirmed = {
             item_id: seen for item_id, seen in second.items() if _gap(seen) == _gap(first[item_id])
         }
         STOCK_MISMATCHES.set(len(confirmed))
-        for item_id, (in_redis, expected) in sorted(confirmed.items()):
+        return confirmed
+
+    def repair_stock(self, mismatches: dict[int, tuple[int, int]]) -> dict[int, int]:
+        """Correct each confirmed mismatch by its gap (relative); the corrections made."""
+        repairs = {}
+        for item_id, (in_redis, expected) in sorted(mismatches.items()):
+            correction = expected - in_redis
+            if self.store.adjust_stock(item_id, correction) is None:
+                continue
+            repairs[item_id] = correction
+            STOCK_REPAIRS.inc()
             log.warning(
-                "stock mismatch on item %d: Redis has %d, database minus pending is %d",
+                "stock repair on item %d: Redis had %d, database minus pending is %d: %+d",
                 item_id,
                 in_redis,
                 expected,
+                correction,
             )
-        return confirmed
+        return repairs
 
-    def _measure_mismatches(self, item_ids: Sequence[int] | None) -> dict[int, tuple[int, int]]:
-        """(Redis, expected) for the items that differ; all items when ``item_ids`` is None.
+    def _measure_mismatches(
+        self, item_ids: Sequence[int], *, full: bool = False
+    ) -> dict[int, tuple[int, int]]:
+        """(Redis, expected) for the items of ``item_ids`` that differ.
 
-        Redis is read before the database, so an order persisted in between is both in
-        the database's stock and excluded from the pending units: no false alarm.
+        Each item's counter and live orders come from one atomic read; the database's
+        stock and rows from one snapshot taken after it. An order persisted in between is
+        in the database's stock and among the rows, so it is not counted as pending: the
+        two sides agree whatever ran meanwhile.
         """
-        ids = list(item_ids) if item_ids is not None else self._item_ids()
-        in_redis = dict(zip(ids, self.store.get_stocks(ids), strict=True))
-        if item_ids is None:  # a full pass: the dashboards' "stock left"
-            STOCK_REMAINING.set(sum(v for v in in_redis.values() if v is not None))
-        pending = self.store.pending_older_than(int(time.time() * 1000) + 1, ALL_PENDING)
-        db_stock = self._db_stock(ids)
-        persisted = self.orders_in_db(o["order_id"] for o in pending)
-        pending_units = Counter[int]()
-        for order in pending:
-            if order["order_id"] not in persisted:
-                pending_units[order["item_id"]] += order["quantity"]
+        snapshots = self.store.snapshot(item_ids)
+        if full:  # a full pass: the dashboards' "stock left"
+            STOCK_REMAINING.set(sum(s.stock for s in snapshots.values() if s.stock is not None))
+        live_ids = [order_id for s in snapshots.values() for order_id in s.live_units]
+        with self.db.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            db_stock = _db_stock(conn, item_ids)
+            persisted = _rows_of(conn, live_ids)
         found = {}
-        for item_id, stock in db_stock.items():
-            live = in_redis[item_id]
-            expected = stock - pending_units[item_id]
-            if live is not None and live != expected:
-                found[item_id] = (live, expected)
+        for item_id, snap in snapshots.items():
+            if snap.stock is None or item_id not in db_stock:
+                continue
+            pending = sum(u for o, u in snap.live_units.items() if o not in persisted)
+            expected = db_stock[item_id] - pending
+            if snap.stock != expected:
+                found[item_id] = (snap.stock, expected)
         return found
 
     def _item_ids(self) -> list[int]:
         with self.db.connection() as conn:
             return [int(row[0]) for row in conn.execute("SELECT id FROM items ORDER BY id")]
-
-    def _db_stock(self, item_ids: Sequence[int]) -> dict[int, int]:
-        with self.db.connection() as conn:
-            rows = conn.execute("SELECT id, stock FROM items WHERE id = ANY(%s)", (list(item_ids),))
-            return {int(item_id): int(stock) for item_id, stock in rows}
 
     def queue_depths(self) -> dict[str, int]:
         """Ready messages per queue (passive declare: a missing queue is skipped)."""
@@ -208,6 +249,19 @@ class Reconciler:
                     if channel.is_open:
                         channel.close()
         return depths
+
+
+def _rows_of(conn: psycopg.Connection[Any], order_ids: Iterable[str]) -> set[str]:
+    """Those of ``order_ids`` the orders table holds."""
+    rows = conn.execute(
+        "SELECT order_id::text FROM orders WHERE order_id = ANY(%s::uuid[])", (list(order_ids),)
+    )
+    return {row[0] for row in rows}
+
+
+def _db_stock(conn: psycopg.Connection[Any], item_ids: Sequence[int]) -> dict[int, int]:
+    rows = conn.execute("SELECT id, stock FROM items WHERE id = ANY(%s)", (list(item_ids),))
+    return {int(item_id): int(stock) for item_id, stock in rows}
 
 
 def _gap(seen: tuple[int, int]) -> int:

@@ -13,6 +13,14 @@ negative when ``N`` is below the pending units; the oversell guard then fails th
 excess pending orders, whose compensation brings the counter back to ``N``'s truth.
 ``initial_stock`` moves by the same delta, so ``initial_stock - stock`` stays the number
 of units sold.
+
+Exactly once. The delta is stored with the version in ``item_stock_changes`` in the
+update's own transaction, and the Redis shift is recorded per version atomically with
+the counter (:meth:`services.store.OrderStore.shift_stock`). A retry or redelivery that
+finds the row already at its version reads the stored delta and shifts again, which the
+store turns into a no-op if it was done: a Redis error or a crash after the commit can
+no longer lose the shift, and no shift is applied twice. A counter that does not exist
+yet records the shift, and its creation from an older read includes it.
 """
 
 from __future__ import annotations
@@ -22,9 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import redis
 
-from services.store import OrderStore
+from services.store import OrderStore, Shift
 
 
 class InvalidItemUpdateError(ValueError):
@@ -97,10 +104,13 @@ FROM old
 WHERE items.id = old.id
 RETURNING old.stock, items.stock
 """
+_RECORD_CHANGE = "INSERT INTO item_stock_changes (item_id, version, delta) VALUES (%s, %s, %s)"
+_RECORDED_CHANGE = "SELECT delta FROM item_stock_changes WHERE item_id = %s AND version = %s"
 
 
 def apply_update(conn: psycopg.Connection[Any], update: ItemUpdate) -> AppliedUpdate | None:
-    """Apply ``update`` if newer than the row (one transaction); ``None`` if stale or unknown."""
+    """Apply ``update`` if newer than the row (one transaction, stock delta recorded with
+    it); ``None`` if stale or unknown."""
     with conn.transaction():
         row = conn.execute(
             _APPLY,
@@ -112,24 +122,17 @@ def apply_update(conn: psycopg.Connection[Any], update: ItemUpdate) -> AppliedUp
                 "stock": update.stock,
             },
         ).fetchone()
+        if row is not None and row[1] != row[0]:
+            conn.execute(_RECORD_CHANGE, (update.item_id, update.version, row[1] - row[0]))
     return None if row is None else AppliedUpdate(old_stock=row[0], new_stock=row[1])
 
 
-def shift_redis_stock(store: OrderStore, item_id: int, delta: int) -> int | None:
-    """Add ``delta`` to the item's Redis stock counter if it exists; the new value or ``None``.
+def recorded_delta(conn: psycopg.Connection[Any], update: ItemUpdate) -> int | None:
+    """The stock delta this exact update committed earlier, if it did (a retry's view)."""
+    row = conn.execute(_RECORDED_CHANGE, (update.item_id, update.version)).fetchone()
+    return None if row is None else int(row[0])
 
-    A missing counter is left missing: the item was never warmed, and warming it later
-    reads the database's (already updated) stock.
-    """
-    key = store.keys.stock(item_id)
-    with store.client.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(key)
-                if not pipe.exists(key):
-                    return None
-                pipe.multi()
-                pipe.incrby(key, delta)
-                return int(pipe.execute()[0])
-            except redis.WatchError:
-                continue
+
+def shift_redis_stock(store: OrderStore, update: ItemUpdate, delta: int) -> Shift:
+    """Shift the item's Redis counter by the update's ``delta``, once per version."""
+    return store.shift_stock(update.item_id, update.version, delta)

@@ -1,17 +1,20 @@
 """The order pipeline around :func:`~services.worker.persistence.persist_orders`.
 
 :func:`commit_orders` takes a list of decoded orders through the whole happy path
-(skip cancelled ones, one transaction, mark persisted in Redis, metrics) and
-:func:`dead_letter_order` handles a permanent failure (DLQ, compensation in Redis,
-metric). The ``persist_order`` task calls them with a list of one; the batching layer
-calls the same two functions with its batches.
+(claim them in Redis, skip the cancelled ones, one transaction, mark persisted in Redis,
+metrics) and :func:`dead_letter_order` handles a permanent failure (DLQ, ``fail`` in
+Redis, metric). The claim comes *before* the transaction: once an order is
+``persisting`` the api can no longer cancel it, so a late publish confirm and this
+commit can never both settle it (see :mod:`services.store`). The ``persist_order`` task
+calls them with a list of one; the batching layer calls the same two functions with its
+batches.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +27,7 @@ from services.metrics import (
     ORDERS_DEAD_LETTERED,
     ORDERS_PERSISTED,
 )
-from services.store import OrderStore, Status
+from services.store import Claim
 from services.worker.context import WorkerContext
 from services.worker.deadletter import publish_dead_letter
 from services.worker.persistence import Order, PersistResult, persist_orders
@@ -38,7 +41,7 @@ class CommitOutcome:
 
     result: PersistResult
     cancelled: list[Order] = field(default_factory=list)
-    """Already ``failed`` in Redis (the api compensated, or an earlier delivery was
+    """Already ``failed`` in Redis (the api cancelled it, or an earlier delivery was
     dead-lettered): not persisted, since the customer was told the order failed."""
 
     def outcome_of(self, order: Order) -> str:
@@ -52,25 +55,36 @@ class CommitOutcome:
         return "failed"
 
 
-def commit_orders(ctx: WorkerContext, orders: Sequence[Order]) -> CommitOutcome:
-    """Persist ``orders`` in one transaction, then mark them persisted in Redis.
+def commit_orders(
+    ctx: WorkerContext,
+    orders: Sequence[Order],
+    *,
+    before_commit: Callable[[Sequence[Order]], None] | None = None,
+) -> CommitOutcome:
+    """Claim ``orders`` in Redis, persist the claimable ones in one transaction, then mark
+    them persisted in Redis.
 
-    Failures in the result are *not* handled here: pass each to :func:`dead_letter_order`.
-    Database and Redis errors propagate; everything committed is idempotent to redo.
+    ``before_commit`` runs between the claim and the transaction with the orders about to
+    be committed (the race tests hold the worker there). Failures in the result are *not*
+    handled here: pass each to :func:`dead_letter_order`. Database and Redis errors
+    propagate; everything done is idempotent to redo (a claimed order stays claimable).
     """
-    cancelled = _cancelled_in_redis(ctx.store, orders)
-    live = [o for o in orders if o.order_id not in cancelled]
+    claims = ctx.store.claim(_refs(orders), int(time.time() * 1000))
+    cancelled = [o for o in orders if claims[o.order_id] is Claim.CANCELLED]
+    live = [o for o in orders if claims[o.order_id] is not Claim.CANCELLED]
+    if before_commit is not None:
+        before_commit(live)
     started = time.perf_counter()
     with ctx.db.connection() as conn:
         result = persist_orders(conn, live)
     BATCH_COMMIT_LATENCY.observe(time.perf_counter() - started)
     BATCH_SIZE.observe(len(live))
     now_ms = int(time.time() * 1000)
-    ctx.store.mark_persisted([o.order_id for o in result.persisted], now_ms)
+    ctx.store.mark_persisted(_refs(result.persisted), now_ms)
     ORDERS_PERSISTED.inc(len(result.inserted))
     for order in result.inserted:
         ACCEPT_TO_PERSIST.observe(max(0.0, (now_ms - order.accepted_at_ms) / 1000))
-    return CommitOutcome(result, [o for o in orders if o.order_id in cancelled])
+    return CommitOutcome(result, cancelled)
 
 
 def dead_letter_order(
@@ -83,7 +97,8 @@ def dead_letter_order(
     """Send an impossible order to the DLQ, then mark it failed and give its stock back.
 
     ``message`` is the raw task payload (it may be malformed: that can be the reason).
-    Both steps are idempotent, so a redelivery after a crash in between is harmless.
+    Call only for an order whose row was not written. Both steps are idempotent, so a
+    redelivery after a crash in between is harmless.
     """
     publish_dead_letter(
         app,
@@ -93,23 +108,13 @@ def dead_letter_order(
         reason=reason,
         task_id=task_id,
     )
-    order_id = message.get("order_id")
-    if isinstance(order_id, str) and order_id:
-        ctx.store.mark_failed(order_id, reason)
+    order_id, item_id = message.get("order_id"), message.get("item_id")
+    if isinstance(order_id, str) and order_id and isinstance(item_id, int):
+        ctx.store.fail(item_id, order_id, reason)
     ORDERS_DEAD_LETTERED.inc()
     log.warning("order %s dead-lettered: %s", order_id, reason)
 
 
-def _cancelled_in_redis(store: OrderStore, orders: Sequence[Order]) -> set[str]:
-    """Ids of ``orders`` whose Redis status is already ``failed``."""
-    if not orders:
-        return set()
-    pipe = store.client.pipeline(transaction=False)
-    for order in orders:
-        pipe.hget(store.keys.order(order.order_id), "status")
-    statuses = pipe.execute()
-    return {
-        order.order_id
-        for order, status in zip(orders, statuses, strict=True)
-        if status is not None and status.decode() == Status.FAILED
-    }
+def _refs(orders: Iterable[Order]) -> list[tuple[int, str]]:
+    """``(item_id, order_id)`` pairs, how the store addresses orders."""
+    return [(o.item_id, o.order_id) for o in orders]

@@ -150,30 +150,43 @@ def _existing_ids(conn: psycopg.Connection[Any], order_ids: list[str]) -> set[st
 def _allot_stock(
     orders: Sequence[Order], stock: dict[int, int], existing: set[str], result: PersistResult
 ) -> list[Order]:
-    """Orders to insert, in list order while stock lasts; record duplicates and failures."""
+    """Orders to insert, in list order while stock lasts; record duplicates and failures.
+
+    Two copies of one order in one list (a redelivery next to its original) share the
+    first copy's fate: a duplicate if it is inserted, the same failure if it fails. A copy
+    is never reported persisted unless the row exists.
+    """
     remaining = dict(stock)
-    seen: set[str] = set()
+    fate: dict[str, str | None] = {}  # order id -> failure reason, None when inserted
     to_insert = []
     for order in orders:
-        if order.order_id in existing or order.order_id in seen:
+        if order.order_id in existing:
             result.duplicates.append(order)
             continue
-        seen.add(order.order_id)
-        left = remaining.get(order.item_id)
-        if left is None:
-            result.failed.append((order, f"unknown item {order.item_id}"))
-        elif left < order.quantity:
-            result.failed.append(
-                (
-                    order,
-                    f"oversell guard: item {order.item_id} has {left} left, order wants "
-                    f"{order.quantity}",
-                )
-            )
-        else:
-            remaining[order.item_id] = left - order.quantity
+        if order.order_id in fate:
+            reason = fate[order.order_id]
+            if reason is None:
+                result.duplicates.append(order)
+            else:
+                result.failed.append((order, reason))
+            continue
+        reason = _shortfall(order, remaining.get(order.item_id))
+        fate[order.order_id] = reason
+        if reason is None:
+            remaining[order.item_id] -= order.quantity
             to_insert.append(order)
+        else:
+            result.failed.append((order, reason))
     return to_insert
+
+
+def _shortfall(order: Order, left: int | None) -> str | None:
+    """Why ``order`` cannot be taken from ``left`` units (``None`` if it can)."""
+    if left is None:
+        return f"unknown item {order.item_id}"
+    if left < order.quantity:
+        return f"oversell guard: item {order.item_id} has {left} left, order wants {order.quantity}"
+    return None
 
 
 def _insert(conn: psycopg.Connection[Any], orders: list[Order]) -> set[str]:

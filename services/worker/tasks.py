@@ -35,6 +35,7 @@ from services.worker.items import (
     InvalidItemUpdateError,
     ItemUpdate,
     apply_update,
+    recorded_delta,
     shift_redis_stock,
 )
 from services.worker.orders import commit_orders, dead_letter_order
@@ -120,12 +121,18 @@ def persist_order(self: MeteredTask, order: dict[str, Any]) -> str:
 
 @app.task(bind=True, base=MeteredTask, name=APPLY_ITEM_UPDATE, **_RETRY)
 def apply_item_update(self: MeteredTask, update: dict[str, Any]) -> str:
-    """Apply a versioned item update; the outcome: applied, stale, dead_lettered."""
+    """Apply a versioned item update; the outcome: applied, stale, dead_lettered.
+
+    A retry or redelivery of an update that committed before failing finds the row at its
+    version ("stale") and still shifts the Redis stock by the delta it recorded: the
+    store applies each version's shift exactly once.
+    """
     ctx = get_context()
     try:
         parsed = ItemUpdate.from_message(update)
         with ctx.db.connection() as conn:
             applied = apply_update(conn, parsed)
+            delta = applied.stock_delta if applied is not None else recorded_delta(conn, parsed)
     except PERMANENT_UPDATE_ERRORS as exc:
         publish_dead_letter(
             app,
@@ -139,8 +146,6 @@ def apply_item_update(self: MeteredTask, update: dict[str, Any]) -> str:
     # Invalidated even when stale: a retry after a Redis error lands here with the row
     # already updated, and an extra delete costs one cache miss.
     ctx.cache.invalidate_twice(parsed.item_id)
-    if applied is None:
-        return "stale"
-    if applied.stock_delta:
-        shift_redis_stock(ctx.store, parsed.item_id, applied.stock_delta)
-    return "applied"
+    if delta:
+        shift_redis_stock(ctx.store, parsed, delta)
+    return "stale" if applied is None else "applied"

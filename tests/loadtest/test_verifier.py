@@ -27,7 +27,7 @@ from loadtest.verifier import (
     verify,
     wait_for_drain,
 )
-from services.keys import Keys
+from services.keys import Keys, new_order_id
 from tests.support import REDIS_HOST_URL
 
 INITIAL = {1: 10, 2: 10, 3: 10}
@@ -59,7 +59,7 @@ class Sale:
 
     def persist(self, item_id: int, quantity: int, recorded_status: int | None = 202) -> str:
         """An order accepted, persisted and (unless None) recorded with the given answer."""
-        order_id = str(uuid.uuid4())
+        order_id = new_order_id(item_id)
         key = uuid.uuid4().hex
         self.sql(
             "INSERT INTO orders (order_id, item_id, user_id, quantity, accepted_at, persisted_at)"
@@ -73,11 +73,21 @@ class Sale:
         self.sql("UPDATE items SET stock = stock - %s WHERE id = %s", quantity, item_id)
         with self.redis() as r:
             r.decrby(self.keys.stock(item_id), quantity)
-            r.hset(self.keys.order(order_id), mapping={"status": "persisted", "item_id": item_id})
-            r.set(self.keys.idempotency(key), order_id)
+            r.hset(
+                self.keys.order(item_id, order_id),
+                mapping={"status": "persisted", "item_id": item_id},
+            )
+            r.set(self.keys.idempotency(item_id, key), order_id)
         if recorded_status is not None:
             self.record(item_id, quantity, key, recorded_status, order_id)
         return order_id
+
+    def key_of(self, item_id: int, order_id: str) -> str:
+        """The Idempotency-Key that produced ``order_id`` (from the item's records)."""
+        prefix = self.keys.idempotency(item_id, "")
+        with self.redis() as r:
+            found = (k for k in r.scan_iter(f"{prefix}*") if r.get(k) == order_id)
+            return str(next(found)).removeprefix(prefix)
 
     def record(
         self, item_id: int, quantity: int, key: str, status: int, order_id: str | None = None
@@ -117,10 +127,10 @@ def sale(pg_url: str, redis_prefix: str) -> Iterator[Sale]:
     made.persist(1, 3)
     made.persist(2, 1)
     made.record(3, 1, uuid.uuid4().hex, 409)
-    refused_key, refused_id = uuid.uuid4().hex, str(uuid.uuid4())
+    refused_key, refused_id = uuid.uuid4().hex, new_order_id(2)
     with made.redis() as r:
-        r.set(made.keys.idempotency(refused_key), refused_id)
-        r.hset(made.keys.order(refused_id), mapping={"status": "failed", "reason": "broker"})
+        r.set(made.keys.idempotency(2, refused_key), refused_id)
+        r.hset(made.keys.order(2, refused_id), mapping={"status": "failed", "reason": "broker"})
     made.record(2, 1, refused_key, 503)
     made.buckets = [
         Bucket(
@@ -203,15 +213,13 @@ def test_a_row_nobody_was_told_about_is_caught(sale: Sale) -> None:
 
 def test_an_unanswered_order_that_was_persisted_is_not_a_phantom(sale: Sale) -> None:
     order_id = sale.persist(3, 1, recorded_status=None)
-    with sale.redis() as r:
-        key = next(k for k in r.scan_iter(f"{sale.keys.prefix}idem:*") if r.get(k) == order_id)
-    sale.record(3, 1, key.removeprefix(f"{sale.keys.prefix}idem:"), 0)  # response lost
+    sale.record(3, 1, sale.key_of(3, order_id), 0)  # response lost
     assert failed(sale.verdict()) == set()
 
 
 def test_a_queue_that_does_not_drain_is_caught(sale: Sale) -> None:
     with sale.redis() as r:
-        r.zadd(sale.keys.pending, {str(uuid.uuid4()): T0 * 1000})
+        r.zadd(sale.keys.pending(1), {new_order_id(1): T0 * 1000})
     sale.samples = [Sample(T0 + t, 3, 0) for t in range(18, 40)]
     verdict = sale.verdict()
     assert "queue_drained" in failed(verdict)
@@ -242,7 +250,7 @@ def test_without_samples_only_the_final_drain_is_judged(sale: Sale) -> None:
     assert failed(verdict) == set()
     assert not verdict.drain.measured and verdict.drain.after_spike_s is None
     with sale.redis() as r:
-        r.zadd(sale.keys.pending, {str(uuid.uuid4()): T0 * 1000})
+        r.zadd(sale.keys.pending(1), {new_order_id(1): T0 * 1000})
     assert failed(sale.verdict()) == {"queue_drained"}
 
 
@@ -253,9 +261,7 @@ def test_server_errors_other_than_deliberate_503_are_caught(sale: Sale) -> None:
 
 def test_a_refused_order_that_kept_its_reservation_is_caught(sale: Sale) -> None:
     order_id = sale.persist(2, 1, recorded_status=None)
-    with sale.redis() as r:
-        key = next(k for k in r.scan_iter(f"{sale.keys.prefix}idem:*") if r.get(k) == order_id)
-    sale.record(2, 1, key.removeprefix(f"{sale.keys.prefix}idem:"), 503)  # told 503, yet persisted
+    sale.record(2, 1, sale.key_of(2, order_id), 503)  # told 503, yet persisted
     assert "no_unexpected_5xx" in failed(sale.verdict())
 
 

@@ -33,7 +33,8 @@ def test_stats_tolerate_worker_and_reconciler_down_and_read_redis(
     keys = Keys(service_env["REDIS_PREFIX"])
     with redis.Redis.from_url(f"{REDIS_HOST_URL}/2") as r:
         r.mset({keys.stock(1): 7, keys.stock(2): 5})
-        r.zadd(keys.pending, {"o1": 1, "o2": 2, "o3": 3})
+        r.zadd(keys.pending(1), {"o1": 1, "o2": 2})
+        r.zadd(keys.pending(2), {"o3": 3})
     response = client.get("/dashboard/stats")  # type: ignore[attr-defined]
     assert response.status_code == 200
     doc = response.json()

@@ -24,7 +24,8 @@ async def warmup_items(ctx: Context, body: WarmupRequest | None = None) -> Warmu
     """Preload items (all, or ``ids``) into the cache and their live stock counters.
 
     Existing stock counters are kept (a running sale is never clobbered) unless ``reset``,
-    which overwrites them from the database and clears the sale's orders in Redis.
+    a fresh sale for the named items only, which never drops an order still accepted or
+    being persisted (see :mod:`services.catalog`).
     """
     request = body or WarmupRequest()
     try:

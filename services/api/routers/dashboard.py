@@ -94,7 +94,10 @@ async def _redis_figures() -> dict[str, int] | None:
             for i in range(0, len(names), STOCK_SCAN_COUNT):
                 batch = names[i : i + STOCK_SCAN_COUNT]
                 stock += sum(int(v) for v in await client.mget(batch) if v is not None)
-            pending = await client.zcard(keys.pending)
+            pipe = client.pipeline(transaction=False)
+            for item_id in {i for name in names if (i := keys.item_of_key(name)) is not None}:
+                pipe.zcard(keys.pending(item_id))  # one pending set per item with a counter
+            pending = sum(int(n) for n in await pipe.execute())
     except (redis.RedisError, OSError):
         return None
     return {"stock": stock, "pending": int(pending)}
@@ -109,8 +112,7 @@ async def _stock_key_names(client: redis.asyncio.Redis, keys: Keys) -> list[byte
     cached = _stock_keys.get(keys.prefix)
     if cached and time.monotonic() - cached[0] < STOCK_RESCAN_S:
         return cached[1]
-    pattern = keys.stock(0)[:-1] + "*"
-    names = [k async for k in client.scan_iter(match=pattern, count=STOCK_SCAN_COUNT)]
+    names = [k async for k in client.scan_iter(match=keys.stock_pattern, count=STOCK_SCAN_COUNT)]
     _stock_keys[keys.prefix] = (time.monotonic(), names)
     return names
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
@@ -16,6 +15,7 @@ from redis.exceptions import RedisError
 from services import db
 from services.api.dependencies import ApiContext, Context
 from services.api.errors import ApiError, unavailable
+from services.api.redis_sent import forget_sends, may_have_sent
 from services.api.responses import OrjsonResponse
 from services.api.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -24,9 +24,10 @@ from services.api.schemas import (
     OrderRequest,
     OrderStatus,
 )
+from services.keys import new_order_id
 from services.metrics import ORDERS
 from services.publisher import PublishError
-from services.store import Outcome, ReserveResult, task_payload
+from services.store import Order, Outcome, ReserveResult, task_payload
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["orders"])
@@ -40,7 +41,12 @@ _ORDER_RESPONSES: dict[int | str, dict[str, object]] = {
     409: {"model": ErrorBody, "description": "sold_out, or limit_exceeded (per-user limit)"},
     413: {"model": ErrorBody, "description": "body too large"},
     422: {"model": ErrorBody, "description": "invalid body, or Idempotency-Key reused"},
-    503: {"model": ErrorBody, "description": "Redis or broker unavailable; see Retry-After"},
+    503: {
+        "model": ErrorBody,
+        "description": "broker_unavailable or state_unavailable: nothing was reserved; "
+        "outcome_unknown: the detail carries the order_id, retry with the same "
+        "Idempotency-Key or GET /orders/{order_id}; see Retry-After",
+    },
 }
 
 
@@ -57,12 +63,14 @@ def _checked_idempotency_key(key: str | None) -> str | None:
 async def _reserve(
     ctx: ApiContext, order_id: str, body: OrderRequest, key: str | None
 ) -> ReserveResult:
-    """Run the reservation script; a missing stock counter is created from the database once.
+    """Run the reservation; a missing stock counter is created from the database once.
 
     A missing counter means the item was never warmed up, so no order of it can be pending
-    and the database stock is the live stock; ``SET NX`` keeps a concurrent warmup's value.
+    and the database stock is the live stock; the counter records the row's version, so an
+    item update committed after this read is applied to it exactly once.
     """
     for attempt in range(2):
+        forget_sends()
         result = await ctx.store.reserve(
             order_id, body.item_id, body.user_id, body.quantity, key, int(time.time() * 1000)
         )
@@ -77,8 +85,44 @@ async def _reserve(
             ) from exc
         if body.item_id not in found:
             return result
-        await ctx.store.set_stocks({body.item_id: found[body.item_id]["stock"]}, overwrite=False)
+        item = found[body.item_id]
+        await ctx.store.init_stocks({body.item_id: (item["stock"], item["version"])})
     raise AssertionError("unreachable")
+
+
+async def _reserve_or_explain(
+    ctx: ApiContext, order_id: str, body: OrderRequest, key: str | None
+) -> ReserveResult:
+    """:func:`_reserve`, with a Redis failure turned into the 503 that is true.
+
+    The client's own retry already re-sent the script once with the same order id. If it
+    still failed, "nothing was reserved" holds only if no attempt's bytes left this
+    process; otherwise the outcome is unknown and the client gets the order id (the order,
+    if it exists, is pending and the reconciler publishes it).
+    """
+    try:
+        return await _reserve(ctx, order_id, body, key)
+    except RedisError as exc:
+        ctx.health.report("redis", False)
+        ORDERS.labels("failed").inc()
+        log.warning("order %s: reservation failed: %r", order_id, exc)
+        retry_after = ctx.settings.retry_after_seconds
+        if not may_have_sent():
+            raise unavailable(
+                "state_unavailable",
+                "order state store unreachable; nothing was reserved",
+                retry_after,
+            ) from exc
+        raise ApiError(
+            503,
+            "outcome_unknown",
+            {
+                "order_id": order_id,
+                "message": "the reservation may or may not have been made: retry with the "
+                f"same Idempotency-Key, or GET /orders/{order_id}",
+            },
+            {"Retry-After": str(retry_after)},
+        ) from exc
 
 
 def _reject(result: ReserveResult, body: OrderRequest) -> ApiError:
@@ -101,22 +145,29 @@ def _reject(result: ReserveResult, body: OrderRequest) -> ApiError:
     return ApiError(404, "item_not_found", f"no item {body.item_id}")
 
 
-async def _publish_or_compensate(ctx: ApiContext, result: ReserveResult) -> None:
-    """Publish the accepted order; if the broker does not confirm, undo the reservation."""
-    assert result.order is not None
+async def _cancel(ctx: ApiContext, order: Order, reason: str) -> bool:
+    """Cancel an order whose publish failed; whether it was cancelled (else it stands)."""
     try:
-        await ctx.publisher.publish_order(task_payload(result.order))
+        return await ctx.store.cancel(order["item_id"], order["order_id"], reason[:200])
+    except RedisError:
+        # Still accepted and pending: the reconciler publishes it, so the answer is 202.
+        log.error("order %s: publish and cancel both failed; left to the reconciler", order)
+        return False
+
+
+async def _publish_or_cancel(ctx: ApiContext, order: Order) -> None:
+    """Publish the accepted order; if the broker does not confirm, cancel it if still possible.
+
+    Any publish failure may hide a message the broker did take (a late confirm), so the
+    cancel is a transition a worker's claim may already have beaten: the answer follows
+    the cancel's result, never the publish error alone.
+    """
+    try:
+        await ctx.publisher.publish_order(task_payload(order))
     except PublishError as exc:
         ctx.health.report("broker", False)
-        order_id = result.order["order_id"]
-        try:
-            await ctx.store.compensate(order_id, f"broker: {exc}"[:200])
-        except RedisError:
-            # Still accepted and pending: the reconciler re-publishes it, so the client is
-            # told the truth (accepted), not asked to retry into a second reservation.
-            log.error(
-                "order %s: publish and compensation both failed; left to the reconciler", order_id
-            )
+        if not await _cancel(ctx, order, f"broker: {exc}"):
+            log.warning("order %s: publish failed but the order stands", order["order_id"])
             return
         ORDERS.labels("failed").inc()
         raise unavailable(
@@ -134,7 +185,12 @@ async def create_order(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> OrjsonResponse:
     """Reserve stock atomically (idempotency key, per-user limit, stock), publish the order
-    with a confirm, answer 202; the worker persists it (``GET /orders/{id}`` follows it)."""
+    with a confirm, answer 202; the worker persists it (``GET /orders/{id}`` follows it).
+
+    The Idempotency-Key is optional but what makes a retry safe: with it, a retry never
+    yields a second order, whatever became of the first attempt (see the README's "The
+    order's state machine"). Without it every request is a new order attempt.
+    """
     key = _checked_idempotency_key(idempotency_key)
     if body.quantity > ctx.settings.max_quantity:
         ORDERS.labels("rejected").inc()
@@ -143,23 +199,8 @@ async def create_order(
         )
     if key is None and ctx.sold_out.is_sold_out(body.item_id):
         raise ctx.sold_out.answer(body.item_id)
-    order_id = str(uuid.uuid4())
-    try:
-        result = await _reserve(ctx, order_id, body, key)
-    except RedisError as exc:
-        ctx.health.report("redis", False)
-        ORDERS.labels("failed").inc()
-        log.warning("order %s: reservation failed: %r", order_id, exc)
-        # A timeout is ambiguous (the script may have run): undo whatever it did, so that
-        # "nothing was reserved" holds. If even that fails the order, if it exists, stays
-        # pending and the reconciler publishes it.
-        with contextlib.suppress(RedisError):
-            await ctx.store.compensate(order_id, "state store error during reservation")
-        raise unavailable(
-            "state_unavailable",
-            "order state store unreachable; nothing was reserved",
-            ctx.settings.retry_after_seconds,
-        ) from exc
+    order_id = new_order_id(body.item_id)
+    result = await _reserve_or_explain(ctx, order_id, body, key)
     ctx.health.report("redis", True)
     ctx.sold_out.learn(body.item_id, result)
     if result.outcome is Outcome.DUPLICATE:
@@ -171,10 +212,10 @@ async def create_order(
         )
     if result.outcome is not Outcome.ACCEPTED:
         raise _reject(result, body)
-    await _publish_or_compensate(ctx, result)
-    ORDERS.labels("accepted").inc()
     assert result.order is not None
-    return OrjsonResponse({"order_id": result.order["order_id"], "status": "accepted"}, 202)
+    await _publish_or_cancel(ctx, result.order)
+    ORDERS.labels("accepted").inc()
+    return OrjsonResponse({"order_id": order_id, "status": "accepted"}, 202)
 
 
 @router.get(
@@ -183,7 +224,8 @@ async def create_order(
     responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
 async def get_order(order_id: uuid.UUID, ctx: Context) -> OrderStatus:
-    """The order's status: ``accepted`` -> ``persisted``, or ``failed`` with a reason."""
+    """The order's status: ``accepted`` -> ``persisting`` -> ``persisted``, or ``failed``
+    with a reason (the state machine is in the README)."""
     try:
         order = await ctx.store.get_order(str(order_id))
     except RedisError as exc:

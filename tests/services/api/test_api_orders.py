@@ -107,13 +107,13 @@ async def test_broker_down_gives_503_and_restores_stock(api: Api) -> None:
     assert response.json()["error"] == "broker_unavailable"
     assert response.headers["Retry-After"] == str(api.settings.retry_after_seconds)
     assert store.get_stocks([8]) == [10]
-    assert store.client.get(store.keys.bought("dave", 8)) is None
-    assert store.client.zcard(store.keys.pending) == 0
-    # The key was released: a retry is a new attempt, not a replay of the failure.
-    assert store.client.get(store.keys.idempotency("broker-down-1")) is None
+    assert store.client.get(store.keys.bought(8, "dave")) is None
+    assert store.pending_count([8]) == 0
+    # The item's record of the key was released: a retry is a new attempt, not a replay.
+    assert store.client.get(store.keys.idempotency(8, "broker-down-1")) is None
     failed = [
         store.get_order(k.decode().rsplit(":", 1)[1])
-        for k in store.client.scan_iter(match=store.keys.order("*"))
+        for k in store.client.scan_iter(match=store.keys.order(8, "*"))
     ]
     assert [(o["status"], o["reason"][:7]) for o in failed if o] == [("failed", "broker:")]
     store.client.close()
@@ -194,7 +194,9 @@ async def test_every_bad_order_request_gets_its_json_4xx(api: Api) -> None:
             "/orders", content=content, headers={"Content-Type": "application/json", **headers}
         )
         assert (response.status_code, response.json()["error"]) == (status, code), content[:40]
-    assert await api.ctx.store.clear_sale() == 0, "a rejected request left order state behind"
+    orders = f"{api.ctx.keys.prefix}{{item:*}}:order:*"
+    left = [k async for k in api.ctx.state_redis.scan_iter(match=orders)]
+    assert left == [], "a rejected request left order state behind"
 
 
 async def test_streamed_oversized_body_is_413(api: Api) -> None:

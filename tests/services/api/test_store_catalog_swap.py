@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from pathlib import Path
 
 import psycopg
@@ -14,8 +13,9 @@ import redis.asyncio
 from apitest_support import REDIS_HOST_URL
 
 from services.catalog import demo_item, main, seed
+from services.keys import new_order_id
 from services.settings import Settings
-from services.store import AsyncOrderStore, OrderStore, Outcome, task_payload
+from services.store import AsyncOrderStore, Claim, OrderStore, Outcome, Shift, task_payload
 from services.swap import SwapPolicy, enforce_no_swap, swap_policy
 
 
@@ -27,28 +27,68 @@ def store(redis_prefix: str) -> OrderStore:
     return s
 
 
-def new_id() -> str:
-    """A fresh order id."""
-    return str(uuid.uuid4())
+def new_id(item_id: int = 1) -> str:
+    """A fresh order id for ``item_id``."""
+    return new_order_id(item_id)
 
 
-def test_compensate_and_mark_persisted_are_idempotent(store: OrderStore) -> None:
+def test_transitions_settle_once_and_the_first_wins(store: OrderStore) -> None:
     now = int(time.time() * 1000)
-    a, b = new_id(), new_id()
+    a, b, c = new_id(), new_id(), new_id()
     assert store.reserve(a, 1, "u", 3, "key-a-0001", now).outcome is Outcome.ACCEPTED
     assert store.reserve(b, 1, "u", 1, None, now).outcome is Outcome.ACCEPTED
-    assert store.get_stocks([1]) == [6]
-    assert store.compensate(a, "test") is True
-    assert store.mark_failed(a, "again") is False  # never restores twice
-    assert store.get_stocks([1]) == [9]
+    assert store.reserve(c, 1, "v", 1, None, now).outcome is Outcome.ACCEPTED
+    assert store.get_stocks([1]) == [5]
+    # The api cancels a (accepted -> failed): stock, user count and key back, once.
+    assert store.cancel(1, a, "test") is True
+    assert store.cancel(1, a, "again") is False
+    assert store.fail(1, a, "again") is False
+    assert store.get_stocks([1]) == [8]
     assert store.get_order(a)["status"] == "failed"  # type: ignore[index]
     assert store.get_order(a)["reason"] == "test"  # type: ignore[index]
-    assert store.mark_persisted([b, a], now + 5) == [b]
-    assert store.mark_persisted([b], now + 9) == []
+    assert store.client.get(store.keys.idempotency(1, "key-a-0001")) is None
+    # A worker claims b and c: the api can no longer cancel them; a claims as cancelled.
+    claims = store.claim([(1, b), (1, c), (1, a), (1, new_id())], now + 1)
+    assert list(claims.values()) == [Claim.CLAIMED, Claim.CLAIMED, Claim.CANCELLED, Claim.UNKNOWN]
+    assert store.get_order(b)["status"] == "persisting"  # type: ignore[index]
+    assert store.get_order(b)["claimed_at_ms"] == now + 1  # type: ignore[index]
+    assert store.cancel(1, b, "late confirm") is False
+    assert store.mark_persisted([(1, b), (1, a)], now + 5) == [b]
+    assert store.mark_persisted([(1, b)], now + 9) == []
     assert store.get_order(b)["persisted_at_ms"] == now + 5  # type: ignore[index]
-    assert store.compensate(b, "late") is False  # a persisted order is never undone
+    assert store.claim([(1, b)], now + 10) == {b: Claim.PERSISTED}
+    assert store.fail(1, b, "late") is False  # a persisted order is never undone
+    # The worker may fail a claimed order (its row was not written): stock back.
+    assert store.fail(1, c, "oversell guard") is True
     assert store.get_stocks([1]) == [9]
-    assert store.compensate(new_id(), "unknown") is False
+    assert store.pending_count([1]) == 0
+    assert store.cancel(1, new_id(), "unknown") is False
+
+
+def test_reservation_is_idempotent_per_order_id_and_per_key(store: OrderStore) -> None:
+    order_id = new_id()
+    first = store.reserve(order_id, 1, "u", 2, "key-same-01", 100)
+    again = store.reserve(order_id, 1, "u", 2, "key-same-01", 100)  # a re-sent script
+    assert first.outcome is again.outcome is Outcome.ACCEPTED
+    assert again.order is not None and again.order["order_id"] == order_id
+    assert store.get_stocks([1]) == [8]
+    retry = store.reserve(new_id(), 1, "u", 2, "key-same-01", 200)  # the client's retry
+    assert retry.outcome is Outcome.DUPLICATE
+    assert retry.order is not None and retry.order["order_id"] == order_id
+    assert store.reserve(new_id(), 1, "u", 1, "key-same-01", 300).outcome is (
+        Outcome.IDEMPOTENCY_CONFLICT
+    )
+    # Another item (another slot): the key's binding still refuses it.
+    store.set_stock(2, 10)
+    assert store.reserve(new_id(2), 2, "u", 2, "key-same-01", 300).outcome is (
+        Outcome.IDEMPOTENCY_CONFLICT
+    )
+    assert store.get_stocks([1, 2]) == [8, 10]
+    # A cancelled attempt frees the key for the same request: a new try.
+    assert store.cancel(1, order_id, "broker")
+    fresh = store.reserve(new_id(), 1, "u", 2, "key-same-01", 400)
+    assert fresh.outcome is Outcome.ACCEPTED and fresh.order is not None
+    assert fresh.order["order_id"] != order_id
 
 
 def test_pending_older_than_is_a_strict_cutoff(store: OrderStore) -> None:
@@ -57,7 +97,8 @@ def test_pending_older_than_is_a_strict_cutoff(store: OrderStore) -> None:
         store.reserve(order_id, 1, f"u{offset}", 1, None, 1_000 + offset)
     assert [o["order_id"] for o in store.pending_older_than(1_002)] == ids[:2]
     assert len(store.pending_older_than(10_000, limit=1)) == 1
-    store.mark_persisted([ids[0]], 5_000)
+    store.claim([(1, ids[1])], 4_000)  # persisting orders are still pending
+    store.mark_persisted([(1, ids[0])], 5_000)
     assert [o["order_id"] for o in store.pending_older_than(10_000)] == ids[1:]
     assert task_payload(store.pending_older_than(10_000)[0]) == {
         "order_id": ids[1],
@@ -66,6 +107,48 @@ def test_pending_older_than_is_a_strict_cutoff(store: OrderStore) -> None:
         "quantity": 1,
         "accepted_at_ms": 1_001,
     }
+
+
+def test_stock_shifts_apply_once_per_version_even_before_the_counter(store: OrderStore) -> None:
+    assert store.shift_stock(1, 10, 5) is Shift.APPLIED  # the counter has no version: applies
+    assert store.shift_stock(1, 10, 5) is Shift.ALREADY
+    assert store.get_stocks([1]) == [15]
+    # Item 3 has no counter yet: an update to stock 0 (delta -10) at version 20 lands first.
+    assert store.shift_stock(3, 20, -10) is Shift.RECORDED
+    # The api read the row at version 19 (stock 10) before that update: the counter
+    # created from that read includes the newer shift.
+    assert store.init_stocks({3: (10, 19)}) == 1
+    assert store.get_stocks([3]) == [0]
+    assert store.init_stocks({3: (99, 25)}) == 0  # never clobbers a live counter
+    assert store.shift_stock(3, 18, 7) is Shift.INCLUDED  # older than the read: in it
+    assert store.shift_stock(3, 30, 4) is Shift.APPLIED
+    assert store.shift_stock(3, 30, 4) is Shift.ALREADY
+    assert store.get_stocks([3]) == [4]
+
+
+def test_reset_touches_only_its_items_and_keeps_live_orders(store: OrderStore) -> None:
+    store.set_stock(2, 10)
+    live = store.reserve(new_id(), 1, "ann", 2, "key-live-01", 1).order
+    done = store.reserve(new_id(), 1, "bob", 1, "key-done-01", 1).order
+    other = store.reserve(new_id(2), 2, "bob", 1, "key-other-1", 1).order
+    assert live and done and other
+    store.claim([(1, done["order_id"])], 2)
+    store.mark_persisted([(1, done["order_id"])], 3)
+    assert store.shift_stock(1, 50, 3) is Shift.APPLIED  # newer than the reset's read below
+    deleted = store.reset_items({1: (20, 40)})
+    assert deleted == 3  # done's hash, its key record and bob's count
+    assert store.get_order(done["order_id"]) is None
+    assert store.get_order(live["order_id"])["status"] == "accepted"  # type: ignore[index]
+    assert store.client.get(store.keys.idempotency(1, "key-live-01")) == live["order_id"].encode()
+    assert store.client.get(store.keys.bought(1, "ann")) == b"2"
+    assert store.get_stocks([1]) == [20 - 2 + 3]  # database stock - live units + newer shift
+    # Item 2 was not named: untouched.
+    assert store.get_order(other["order_id"])["status"] == "accepted"  # type: ignore[index]
+    assert store.get_stocks([2]) == [9]
+    assert store.pending_count() == 2
+    # The live order's key still returns it, so a retry never becomes a second order.
+    again = store.reserve(new_id(), 1, "ann", 2, "key-live-01", 5)
+    assert again.outcome is Outcome.DUPLICATE
 
 
 def test_async_flavour_shares_the_state(store: OrderStore, redis_prefix: str) -> None:
@@ -82,9 +165,7 @@ def test_async_flavour_shares_the_state(store: OrderStore, redis_prefix: str) ->
     duplicate = store.reserve(new_id(), 1, "z", 4, "shared-key-1", 2)
     assert duplicate.outcome is Outcome.DUPLICATE
     assert store.reserve(new_id(), 1, "z", 1, None, 3).outcome is Outcome.LIMIT_EXCEEDED
-    assert store.reserve(new_id(), 2, "z", 1, None, 3).outcome is Outcome.UNKNOWN_ITEM
-    assert store.clear_sale() >= 3
-    assert store.get_stocks([1]) == [6]  # counters survive clear_sale
+    assert store.reserve(new_id(2), 2, "z", 1, None, 3).outcome is Outcome.UNKNOWN_ITEM
 
 
 def test_seed_is_deterministic_idempotent_and_resettable(pg_url: str) -> None:

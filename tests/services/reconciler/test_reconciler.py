@@ -13,6 +13,7 @@ import pytest
 from kombu import Connection
 from prometheus_client import REGISTRY
 
+from services.keys import new_order_id
 from services.messaging import durable_queue
 from services.reconciler import Reconciler
 from services.settings import get_settings
@@ -57,7 +58,12 @@ def seed(db: psycopg.Connection[Any], store: OrderStore, item_id: int, stock: in
 def reserve(store: OrderStore, item_id: int, quantity: int) -> Order:
     """An accepted order in Redis, never published (the api crashed right after)."""
     result = store.reserve(
-        str(uuid.uuid4()), item_id, f"u-{uuid.uuid4().hex}", quantity, None, int(time.time() * 1000)
+        new_order_id(item_id),
+        item_id,
+        f"u-{uuid.uuid4().hex}",
+        quantity,
+        None,
+        int(time.time() * 1000),
     )
     assert result.outcome is Outcome.ACCEPTED and result.order is not None
     return result.order

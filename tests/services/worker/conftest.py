@@ -19,6 +19,7 @@ import redis
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.keys import new_order_id
 from services.messaging import PERSIST_ORDER
 from services.settings import get_settings
 from services.store import Order as StoredOrder
@@ -160,7 +161,7 @@ class Harness:
     def reserve(self, item_id: int, quantity: int = 1) -> StoredOrder:
         """Reserve an order in Redis as the api does; fail unless it is accepted."""
         result = self.store.reserve(
-            str(uuid.uuid4()), item_id, f"user-{uuid.uuid4().hex[:8]}", quantity, None,
+            new_order_id(item_id), item_id, f"user-{uuid.uuid4().hex[:8]}", quantity, None,
             int(time.time() * 1000),
         )  # fmt: skip
         assert result.outcome is Outcome.ACCEPTED, result

@@ -71,6 +71,18 @@ def test_oversell_guard_fails_only_the_orders_beyond_stock(conn: psycopg.Connect
     assert order_count(conn) == 2
 
 
+def test_copies_in_one_batch_share_the_first_copys_fate(conn: psycopg.Connection[Any]) -> None:
+    """A republished copy next to its original: never reported persisted without a row."""
+    fits, too_many = order(1, 5), order(1, 2)
+    result = persist_orders(conn, [fits, too_many, fits, too_many])
+    assert result.inserted == [fits]
+    assert result.duplicates == [fits]
+    assert [o for o, _ in result.failed] == [too_many, too_many]
+    assert result.failed[0][1] == result.failed[1][1]
+    assert too_many not in result.persisted
+    assert stocks(conn)[1] == 0
+
+
 def test_unknown_item_fails_without_sinking_the_batch(conn: psycopg.Connection[Any]) -> None:
     good, unknown = order(2), order(99)
     result = persist_orders(conn, [unknown, good])

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from kombu import Connection
 
+from services.keys import new_order_id
 from services.messaging import PERSIST_ORDER, durable_queue
 from services.publisher import AmqpPublisher
 from services.settings import get_settings
@@ -94,7 +95,7 @@ def test_concurrent_orders_never_oversell(harness: Harness, worker: WorkerProces
 
     def attempt(_: int) -> Any:
         return harness.store.reserve(
-            str(uuid.uuid4()), 1, f"user-{uuid.uuid4().hex}", 1, None, 1_700_000_000_000
+            new_order_id(1), 1, f"user-{uuid.uuid4().hex}", 1, None, 1_700_000_000_000
         )
 
     with ThreadPoolExecutor(32) as pool:
@@ -109,9 +110,7 @@ def test_concurrent_orders_never_oversell(harness: Harness, worker: WorkerProces
     )
     assert harness.db_stock(1) == 0
     assert harness.redis_stock(1) == 0
-    harness.wait_until(
-        lambda: harness.store.client.zcard(harness.store.keys.pending) == 0, 10, "no pending"
-    )
+    harness.wait_until(lambda: harness.store.pending_count([1]) == 0, 10, "no pending")
     assert {harness.status(o["order_id"]) for o in accepted} == {Status.PERSISTED}
 
 
@@ -137,9 +136,7 @@ def test_worker_killed_mid_stream_loses_nothing(
     )
     # Exactly once: each order's units were taken from the stock once.
     assert harness.db_stock(1) == 0
-    harness.wait_until(
-        lambda: harness.store.client.zcard(harness.store.keys.pending) == 0, 20, "no pending"
-    )
+    harness.wait_until(lambda: harness.store.pending_count([1]) == 0, 20, "no pending")
     assert {harness.status(o["order_id"]) for o in orders} == {Status.PERSISTED}
 
 
@@ -161,7 +158,8 @@ def test_transient_database_error_is_retried(
             20,
             "a retry",
         )  # fmt: skip
-        assert harness.status(order["order_id"]) == Status.ACCEPTED
+        # Claimed before the transaction: the api can no longer cancel it.
+        assert harness.status(order["order_id"]) == Status.PERSISTING
     harness.wait_until(
         lambda: harness.status(order["order_id"]) == Status.PERSISTED, 30, "persisted"
     )
@@ -208,9 +206,9 @@ def test_order_already_failed_in_redis_is_not_persisted(
 ) -> None:
     harness.seed(1, 5)
     order = harness.reserve(1)
-    # The api gave up on the publish (no confirm in time) and compensated, yet the
+    # The api gave up on the publish (no confirm in time) and cancelled first, yet the
     # message did reach the broker: the customer was told "failed", so it must stay so.
-    assert harness.store.compensate(order["order_id"], "publish not confirmed")
+    assert harness.store.cancel(1, order["order_id"], "publish not confirmed")
     harness.publish(order)
     harness.wait_until(lambda: tasks_done(worker, "cancelled") == 1, 20, "the cancelled task")
     assert harness.rows(order["order_id"]) == 0
