@@ -229,11 +229,11 @@ def test_waiting_for_the_drain_gives_up_at_its_timeout(sale: Sale) -> None:
     persisted = [o.order_id for o in sale.orders if o.order_id]
     assert wait_for_drain(sale.sources, persisted, timeout_s=5, poll_s=0.05) is not None
     with sale.redis() as r:
-        r.zadd(sale.keys.pending, {str(uuid.uuid4()): T0 * 1000})  # never persisted
+        r.zadd(sale.keys.pending(1), {new_order_id(1): T0 * 1000})  # never persisted
     assert wait_for_drain(sale.sources, persisted, timeout_s=0.3, poll_s=0.05) is None
-    unknown = [*persisted, str(uuid.uuid4())]  # an accepted order with no row
+    unknown = [*persisted, new_order_id(1)]  # an accepted order with no row
     with sale.redis() as r:
-        r.delete(sale.keys.pending)
+        r.delete(sale.keys.pending(1))
     assert wait_for_drain(sale.sources, unknown, timeout_s=0.3, poll_s=0.05) is None
 
 
