@@ -567,8 +567,27 @@ class GMPPool(BasePool):
     # -- Celery's callbacks run on the consumer thread ------------------------------
 
     def register_with_event_loop(self, loop: Any) -> None:
-        """Remember the consumer's hub: Celery's callbacks are handed to its thread."""
+        """Remember the consumer's hub: Celery's callbacks are handed to its thread.
+
+        Celery calls this again each time the consumer reconnects to the broker.
+        """
         self._hub = loop
+        self._rearm_callback_drain()
+
+    def _rearm_callback_drain(self) -> None:
+        """Schedule a drain of the queued callbacks on the (new) event loop.
+
+        A drain scheduled before a broker connection broke can be lost with it: the hub
+        runs its ready callbacks from a popped batch, and when one of them raises (an ack
+        on the dead connection) the rest of the batch is dropped. Its flag would stay
+        set, so every later :meth:`deliver` would queue without scheduling: tasks kept
+        running and persisting, but none was acknowledged again (the broker's unacked
+        count grew by one per task until the prefetch window stalled the worker).
+        """
+        with self._lock:
+            self._drain_scheduled = bool(self._callbacks)
+        if self._drain_scheduled:
+            self._hub.call_soon(self._drain_callbacks)
 
     def deliver(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run one of Celery's callbacks on the consumer thread, in order.

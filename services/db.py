@@ -26,6 +26,9 @@ def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 8) -> Asy
 
     Opening without waiting lets the api start while PostgreSQL is down (``/readyz`` tells);
     a short ``timeout`` turns a dead database into a quick 503 instead of a hung request.
+    ``check``: a connection is tested before it is handed out, so the connections that
+    died with a restarted PostgreSQL are replaced instead of failing the next requests
+    (``AdminShutdown``).
     """
     return AsyncConnectionPool(
         database_url,
@@ -33,6 +36,7 @@ def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 8) -> Asy
         max_size=max_size,
         open=False,
         timeout=2.0,
+        check=AsyncConnectionPool.check_connection,
         kwargs={"autocommit": True},
     )
 

@@ -93,7 +93,12 @@ class Reconciler:
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
         )
         self.db: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            settings.database_url, min_size=1, max_size=2, kwargs={"autocommit": True}, open=True
+            settings.database_url,
+            min_size=1,
+            max_size=2,
+            kwargs={"autocommit": True},
+            open=True,
+            check=ConnectionPool.check_connection,  # replaces connections a restart killed
         )
 
     def close(self) -> None:

@@ -28,6 +28,7 @@ from services.settings import get_settings
 from services.swap import enforce_no_swap
 from services.worker.config import get_worker_options
 from services.worker.context import close_context
+from services.worker.liveness import ConsumerWatchdog
 from services.worker.runtime_metrics import register_runtime
 
 log = logging.getLogger(__name__)
@@ -79,12 +80,27 @@ def _declare_dead_letter_queue(**_: Any) -> None:
         durable_queue(get_settings().dead_letter_queue)(conn.default_channel).declare()
 
 
+_watchdog = ConsumerWatchdog(get_worker_options().broker_lost_exit_seconds)
+
+
+@signals.worker_ready.connect
+def _start_watchdog(**_: Any) -> None:
+    _watchdog.start()
+
+
 @signals.worker_ready.connect
 @signals.heartbeat_sent.connect
 def _touch_heartbeat(**_: Any) -> None:
     # heartbeat_sent fires from the consumer's own timer (every 2 s while events are on),
     # so a fresh file means the consumer loop is alive, not merely the process.
     Path(get_worker_options().heartbeat_file).touch()
+    _watchdog.beat()
+
+
+@signals.worker_shutting_down.connect
+def _stop_watchdog(**_: Any) -> None:
+    # A warm shutdown stops the heartbeat while it finishes the tasks in hand.
+    _watchdog.stop()
 
 
 @signals.worker_shutdown.connect

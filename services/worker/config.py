@@ -20,6 +20,11 @@ class WorkerOptions(BaseSettings):
     pool: str = Field("gmpworker.celery:GMPPool", description="Celery pool (name or module:Class)")
     metrics_port: int = Field(9101, description="Prometheus HTTP port; 0 disables it")
     heartbeat_file: str = Field("/tmp/worker-heartbeat", description="touched while consuming")
+    broker_lost_exit_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="exit (for the restart policy) after this long without a consumer heartbeat",
+    )
     lock_timeout_ms: int = Field(
         5000, ge=0, description="PostgreSQL lock_timeout: a stuck lock becomes a retried error"
     )

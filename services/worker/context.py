@@ -50,6 +50,9 @@ class WorkerContext:
                 "options": f"-c lock_timeout={options.lock_timeout_ms}",
             },
             name="worker",
+            # Tested on checkout: connections that died with a restarted PostgreSQL are
+            # replaced instead of failing (and retrying) the next batches.
+            check=ConnectionPool.check_connection,
             # Waiting longer for a connection only holds a task slot; the task retries.
             timeout=10.0,
             open=True,
