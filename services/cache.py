@@ -11,7 +11,8 @@ Read path of :meth:`ItemCache.get`:
    then PostgreSQL, then ``SET`` with the TTL spread by ``cache_ttl_jitter`` (avalanche).
 
 If Redis fails the read goes straight to PostgreSQL and ``api_degraded{dependency="redis"}``
-is raised until Redis answers again (``redis_cache``: the cache may be its own instance).
+is raised until Redis answers again (``redis_cache``: the cache may be its own instance);
+while its circuit breaker is open (:mod:`services.breaker`) reads do not even try Redis.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import orjson
 import redis.asyncio
 from redis.exceptions import RedisError
 
+from services.breaker import Breakers
 from services.keys import NEGATIVE, Keys
 from services.metrics import (
     API_DEGRADED,
@@ -72,15 +74,18 @@ class DependencyHealth:
 
     DEPENDENCIES = ("redis", "redis_cache", "database", "broker")
 
-    def __init__(self) -> None:
+    def __init__(self, breakers: Breakers | None = None) -> None:
         self.down: set[str] = set()
+        self.breakers = breakers
         # Exported at 0 from the start: a gauge only shows up once set, and the dashboards
         # must tell "healthy" from "never reported".
         for dependency in self.DEPENDENCIES:
             API_DEGRADED.labels(dependency).set(0)
 
     def report(self, dependency: str, ok: bool) -> None:
-        """Record whether ``dependency`` just worked."""
+        """Record whether ``dependency`` just worked (a failure opens its circuit breaker)."""
+        if not ok and self.breakers is not None:
+            self.breakers.trip(dependency)
         if ok != (dependency in self.down):
             return
         if ok:
@@ -90,6 +95,10 @@ class DependencyHealth:
             self.down.add(dependency)
             log.warning("%s is unreachable: degraded", dependency)
         API_DEGRADED.labels(dependency).set(0 if ok else 1)
+
+    def circuit_open(self, dependency: str) -> bool:
+        """Whether ``dependency`` is known to be down: callers skip it instead of waiting."""
+        return self.breakers is not None and self.breakers.is_open(dependency)
 
 
 def invalidation_message(item_ids: Iterable[int] | None) -> bytes:
@@ -247,6 +256,8 @@ class ItemCache:
         return found
 
     async def _get_remote(self, item_ids: list[int]) -> dict[int, Item | None]:
+        if self.health.circuit_open("redis_cache"):
+            return await self._load_single_flight(item_ids)
         epoch = self._epoch
         try:
             # Coalesced: a burst of near-cache misses (every entry of a hot item expires at
@@ -320,6 +331,8 @@ class ItemCache:
 
     async def _load_and_fill(self, item_ids: list[int]) -> dict[int, Item | None]:
         """Take the cross-process lock of each id; load the locked ones, wait for the rest."""
+        if self.health.circuit_open("redis_cache"):
+            return await self._load_from_db(item_ids)
         token = uuid.uuid4().hex
         try:
             pipe = self.client.pipeline(transaction=False)
@@ -383,6 +396,8 @@ class ItemCache:
 
     async def _put_quietly(self, items: Mapping[int, Item | None]) -> None:
         """:meth:`put` on the read path: a failed write only costs a later miss."""
+        if self.health.circuit_open("redis_cache"):
+            return
         try:
             await self.put(items)
         except RedisError:

@@ -73,6 +73,17 @@ ADMISSION_GATES = ("orders", "reads")
 """The api's admission gates (``services.api.admission``), exported at 0 from the start."""
 for _gate in ADMISSION_GATES:
     ADMISSION_REJECTED.labels(_gate)
+CIRCUIT_BREAKER_OPEN = Gauge(
+    "circuit_breaker_open",
+    "1 while a dependency's circuit breaker is open (requests fail fast), 0 when closed.",
+    ["dependency"],
+    multiprocess_mode="max",
+)
+CIRCUIT_BREAKER_TRIPS = Counter(
+    "circuit_breaker_trips_total",
+    "Times a dependency's circuit breaker opened.",
+    ["dependency"],
+)
 
 # --- worker ----------------------------------------------------------------------------------
 WORKER_TASKS = Counter(

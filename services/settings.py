@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         gt=0,
         description="how long an item's in-memory sold-out flag answers 409 without Redis",
     )
+    breaker_probe_interval_seconds: float = Field(
+        0.5, gt=0, description="while a dependency is down, how often it is probed"
+    )
+    breaker_probe_timeout_seconds: float = Field(
+        1.0, gt=0, description="time-out of one probe of a dependency that is down"
+    )
 
     # Reconciler.
     reconcile_grace_seconds: float = Field(

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated
 
+import psycopg
 import redis.asyncio
 from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool
@@ -18,6 +19,7 @@ from redis.backoff import NoBackoff
 from services import db
 from services.api.redis_sent import SendTrackingConnection
 from services.api.soldout import SoldOutBoard
+from services.breaker import Breakers
 from services.cache import CoalescingReader, DependencyHealth, ItemCache
 from services.keys import Keys
 from services.publisher import TaskPublisher, make_publisher
@@ -27,6 +29,8 @@ from services.store import AsyncOrderStore
 
 REDIS_MAX_CONNECTIONS = 64
 """Per client and process: enough to keep Redis busy, few enough to stay polite."""
+DATABASE_UNREACHABLE = (psycopg.OperationalError, TimeoutError)
+"""Database errors that open its circuit breaker (PoolTimeout is an OperationalError)."""
 
 
 class VersionClock:
@@ -65,6 +69,7 @@ class ApiContext:
     sold_out: SoldOutBoard
     listener: ChannelListener
     health: DependencyHealth
+    breakers: Breakers
     versions: VersionClock
 
     @classmethod
@@ -74,7 +79,19 @@ class ApiContext:
         state_redis = _redis_client(settings.redis_url)
         cache_redis = _redis_client(settings.cache_redis_url)
         pool = db.open_pool(settings.database_url, max_size=settings.db_pool_size)
-        health = DependencyHealth()
+        breakers = Breakers(
+            {
+                "redis": state_redis.ping,
+                "redis_cache": cache_redis.ping,
+                "database": functools.partial(db.ping, pool),
+            },
+            probe_interval=settings.breaker_probe_interval_seconds,
+            probe_timeout=settings.breaker_probe_timeout_seconds,
+        )
+        health = DependencyHealth(breakers)
+        load_items = breakers["database"].guard(
+            functools.partial(db.load_items, pool), DATABASE_UNREACHABLE
+        )
         return cls(
             settings=settings,
             keys=keys,
@@ -87,14 +104,13 @@ class ApiContext:
                 per_user_limit=settings.per_user_limit,
                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             ),
-            cache=ItemCache(
-                cache_redis, keys, functools.partial(db.load_items, pool), settings, health
-            ),
+            cache=ItemCache(cache_redis, keys, load_items, settings, health),
             stock_reader=CoalescingReader(state_redis),
             publisher=make_publisher(settings),
             sold_out=SoldOutBoard(cache_redis, keys, settings.sold_out_ttl_seconds),
             listener=ChannelListener(cache_redis),
             health=health,
+            breakers=breakers,
             versions=VersionClock(),
         )
 
@@ -109,6 +125,7 @@ class ApiContext:
 
     async def close(self) -> None:
         """Stop everything :meth:`open` started and close the clients."""
+        await self.breakers.stop()
         await self.listener.stop()
         await self.sold_out.stop()
         await self.publisher.close()

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.responses import OrjsonResponse
+from services.breaker import DependencyDown
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,12 @@ async def _on_dependency_down(_: Request, exc: Exception) -> OrjsonResponse:
     )
 
 
+async def _on_circuit_open(_: Request, exc: Exception) -> OrjsonResponse:
+    # Answered without touching the dependency: it is known to be down (services.breaker).
+    assert isinstance(exc, DependencyDown)
+    return error_response(503, f"{exc.dependency}_unavailable", str(exc), {"Retry-After": "1"})
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> OrjsonResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "unexpected error; it has been logged")
@@ -112,4 +119,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(psycopg.OperationalError, _on_dependency_down)
     app.add_exception_handler(RedisError, _on_dependency_down)
+    app.add_exception_handler(DependencyDown, _on_circuit_open)
     app.add_exception_handler(Exception, _on_unexpected)

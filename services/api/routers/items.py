@@ -46,10 +46,11 @@ async def with_live_stock(ctx: Context, items: list[dict[str, Any]]) -> list[dic
     """Copies of ``items`` whose ``stock`` is the live Redis counter.
 
     Where the counter is missing, or Redis is down, the database's stock stays (a read
-    must not fail because the state Redis is away: the caller is degraded, not broken).
+    must not fail because the state Redis is away: the caller is degraded, not broken);
+    while its circuit is open Redis is not even asked.
     """
-    if not items:
-        return []
+    if not items or ctx.health.circuit_open("redis"):
+        return items
     try:
         stocks = await ctx.stock_reader.get_many([ctx.keys.stock(i["id"]) for i in items])
     except RedisError:

@@ -125,6 +125,17 @@ async def _reserve_or_explain(
         ) from exc
 
 
+def _refuse_while_state_down(ctx: ApiContext) -> None:
+    """503 at once, touching nothing, while the state Redis is known to be down."""
+    if ctx.health.circuit_open("redis"):
+        ORDERS.labels("failed").inc()
+        raise unavailable(
+            "state_unavailable",
+            "order state store unreachable; nothing was reserved",
+            ctx.settings.retry_after_seconds,
+        )
+
+
 def _reject(result: ReserveResult, body: OrderRequest) -> ApiError:
     """The 4xx for a reservation that did not happen."""
     if result.outcome is Outcome.SOLD_OUT:
@@ -199,6 +210,7 @@ async def create_order(
         )
     if key is None and ctx.sold_out.is_sold_out(body.item_id):
         raise ctx.sold_out.answer(body.item_id)
+    _refuse_while_state_down(ctx)
     order_id = new_order_id(body.item_id)
     result = await _reserve_or_explain(ctx, order_id, body, key)
     ctx.health.report("redis", True)

@@ -1,0 +1,175 @@
+"""Circuit breakers against the real Redis and PostgreSQL behind the TCP fault proxy.
+
+Once a dependency is known to be down, requests must be answered without going near it:
+orders get ``503`` with ``Retry-After``, item reads go to the other source. "Without going
+near it" is asserted as such (no connection opened to a hung peer, no pool request), not
+as a duration. A probe closes the breaker once the dependency answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+from apitest_support import Api, sample
+
+from services.api.main import create_app
+from services.settings import Settings
+from tests.netfault import FaultProxy
+
+pytestmark = pytest.mark.anyio
+
+NEVER = 3600.0  # a probe interval no test waits for: the breaker stays open
+CONCURRENT = 20
+
+
+def through(proxy: FaultProxy, url: str) -> str:
+    """``url`` with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    netloc = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{proxy.port}"))
+
+
+def proxy_for(fault_proxy: Callable[[str, int], FaultProxy], url: str) -> FaultProxy:
+    """A fault proxy in front of the server of ``url``."""
+    parts = urlsplit(url)
+    return fault_proxy(parts.hostname or "127.0.0.1", parts.port or 0)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Api]:
+    """The app in-process on ``settings`` (lifespan run)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield Api(client, app.state.context)
+
+
+async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` on the loop; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def order(item_id: int = 1) -> dict[str, object]:
+    """An order request of a user of its own."""
+    return {"item_id": item_id, "quantity": 1, "user_id": f"u-{uuid.uuid4().hex[:12]}"}
+
+
+@pytest.fixture
+def state_proxy(fault_proxy: Callable[[str, int], FaultProxy], settings: Settings) -> FaultProxy:
+    """A proxy in front of the state Redis."""
+    return proxy_for(fault_proxy, settings.redis_url)
+
+
+async def test_orders_get_503_without_touching_a_state_redis_known_down(
+    settings: Settings, state_proxy: FaultProxy
+) -> None:
+    proxied = settings.model_copy(
+        update={"redis_url": through(state_proxy, settings.redis_url),
+                "breaker_probe_interval_seconds": NEVER}
+    )  # fmt: skip
+    async with running(proxied) as api:
+        state_proxy.refuse()
+        first = await api.client.post("/orders", json=order())
+        assert first.status_code == 503, first.text
+        assert first.json()["error"] == "state_unavailable"
+        assert api.ctx.breakers["redis"].is_open
+        assert sample("circuit_breaker_open", dependency="redis") == 1
+
+        # Redis now accepts connections and never answers: any request that tried it
+        # would hold a connection to the proxy until its socket time-out.
+        state_proxy.heal()
+        state_proxy.blackhole()
+        answers = await asyncio.gather(
+            *(api.client.post("/orders", json=order()) for _ in range(CONCURRENT))
+        )
+        assert [a.status_code for a in answers] == [503] * CONCURRENT
+        assert {a.json()["error"] for a in answers} == {"state_unavailable"}
+        assert all(a.headers.get("Retry-After") for a in answers)
+        assert state_proxy.connections == 0
+
+        # Item reads still answer, with the database's stock.
+        read = await api.client.get("/items/1")
+        assert read.status_code == 200
+        assert state_proxy.connections == 0
+
+
+async def test_a_probe_closes_the_breaker_once_redis_answers_again(
+    settings: Settings, state_proxy: FaultProxy
+) -> None:
+    proxied = settings.model_copy(
+        update={"redis_url": through(state_proxy, settings.redis_url),
+                "breaker_probe_interval_seconds": 0.05}
+    )  # fmt: skip
+    async with running(proxied) as api:
+        breaker = api.ctx.breakers["redis"]
+        state_proxy.refuse()
+        assert (await api.client.post("/orders", json=order())).status_code == 503
+        await until(lambda: breaker.probes >= 3, 30, "three failed probes")
+        assert breaker.is_open  # still down: the probes were refused
+
+        state_proxy.heal()
+        await until(lambda: not breaker.is_open, 30, "the probe to close the breaker")
+        assert sample("circuit_breaker_open", dependency="redis") == 0
+        # The order reaches Redis again: reserved, then refused only for the broker
+        # (this app has none), its reservation given back.
+        again = await api.client.post("/orders", json=order())
+        assert again.json()["error"] == "broker_unavailable", again.text
+
+
+async def test_reads_go_to_postgres_without_touching_a_cache_known_down(
+    settings: Settings, fault_proxy: Callable[[str, int], FaultProxy]
+) -> None:
+    cache_proxy = proxy_for(fault_proxy, settings.cache_redis_url)
+    proxied = settings.model_copy(
+        update={"cache_redis_url": through(cache_proxy, settings.cache_redis_url),
+                "breaker_probe_interval_seconds": NEVER, "near_cache_ttl_seconds": 0}
+    )  # fmt: skip
+    async with running(proxied) as api:
+        cache_proxy.refuse()
+        first = await api.client.get("/items/1")
+        assert first.status_code == 200, first.text
+        assert api.ctx.breakers["redis_cache"].is_open
+
+        cache_proxy.heal()
+        cache_proxy.blackhole()
+        reads = await asyncio.gather(
+            *(api.client.get(f"/items/{1 + n % 10}") for n in range(CONCURRENT))
+        )
+        assert [r.status_code for r in reads] == [200] * CONCURRENT
+        assert all(r.json()["name"] for r in reads)
+        assert cache_proxy.connections == 0
+
+
+async def test_database_known_down_is_503_without_asking_the_pool(
+    settings: Settings, fault_proxy: Callable[[str, int], FaultProxy]
+) -> None:
+    db_proxy = proxy_for(fault_proxy, settings.database_url)
+    proxied = settings.model_copy(
+        update={"database_url": through(db_proxy, settings.database_url),
+                "breaker_probe_interval_seconds": NEVER, "near_cache_ttl_seconds": 0}
+    )  # fmt: skip
+    async with running(proxied) as api:
+        db_proxy.refuse()
+        # Item 7 is in no cache yet: the read needs the database, which is down.
+        first = await api.client.get("/items/7")
+        assert first.status_code == 503, first.text
+        assert api.ctx.breakers["database"].is_open
+
+        requested = api.ctx.db_pool.get_stats().get("requests_num", 0)
+        reads = await asyncio.gather(*(api.client.get(f"/items/{8 + n}") for n in range(10)))
+        assert [r.status_code for r in reads] == [503] * 10
+        assert {r.json()["error"] for r in reads} == {"database_unavailable"}
+        assert all(r.headers.get("Retry-After") for r in reads)
+        assert api.ctx.db_pool.get_stats().get("requests_num", 0) == requested
