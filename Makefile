@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 # native core (gmpworker/_core.c) into the source tree, so a change to it reinstalls.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock setup.py gmpworker/_core.c | cksum | cut -d' ' -f1)
 
-.PHONY: venv up down status test lint format bench images compose-up compose-down k8s spike system-deps services clean
+.PHONY: venv up down status test lint format bench images compose-up compose-down k8s spike faults system-deps services clean
 
 $(STAMP): pyproject.toml requirements.lock setup.py gmpworker/_core.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,9 @@ k8s:  ## the Kubernetes manifests of one overlay (dev, production, keda): make k
 
 spike: venv services
 	$(BIN)/python -m loadtest spike --target native
+
+faults: venv  ## every fault under load in Docker Compose; a table in reports/faults/ (ARGS=--quick)
+	$(BIN)/python -m loadtest faults $(ARGS)
 
 services:  ## start local Redis, PostgreSQL, RabbitMQ when they are not running
 	scripts/ensure-services

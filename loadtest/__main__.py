@@ -1,9 +1,12 @@
-"""``python -m loadtest spike|verify|stack``.
+"""``python -m loadtest spike|verify|faults|stack``.
 
 - ``spike --target native|compose|<url>``: the whole spike test, one command; exit status 0
   when every invariant and threshold holds, 1 when one fails, 2 when the run itself failed.
 - ``verify --records DIR``: verify and report a run whose locust ran elsewhere (the compose
   ``loadtest`` profile writes its records to a shared directory).
+- ``faults [--target compose] [--quick] [FAULT...]``: the fault suite
+  (:mod:`loadtest.faultsuite`); exit status 0 when every fault recovered with nothing
+  lost, duplicated or oversold, 1 when one did not, 2 when the suite could not run.
 - ``stack ...``: the Docker Compose driver (:func:`loadtest.stack.main`).
 """
 
@@ -15,6 +18,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -103,8 +107,33 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--redis-prefix", help="default: REDIS_PREFIX / settings")
     _add_verdict_flags(check)
 
+    _add_faults_parser(sub)
     sub.add_parser("stack", help="the Docker Compose driver (loadtest.stack)", add_help=False)
     return parser
+
+
+def _add_faults_parser(sub: Any) -> None:
+    from loadtest.faults import catalog
+    from loadtest.faultsuite import DEFAULT_PROJECT, DEFAULT_REPORTS
+
+    names = list(catalog())
+    faults = sub.add_parser(
+        "faults",
+        help="inject faults into the compose stack under load; one row per fault",
+        description=f"Faults: {', '.join(names)}.",
+    )
+    faults.add_argument("fault", nargs="*", metavar="FAULT", help="default: every fault")
+    faults.add_argument("--target", default="compose", choices=["compose"],
+                        help="the stack (faults need containers: compose only)")  # fmt: skip
+    faults.add_argument(
+        "--quick", action="store_true", help="CI mode: a few faults, a short and light load"
+    )
+    faults.add_argument("--project", default=DEFAULT_PROJECT, help="compose project name")
+    faults.add_argument("--keep-stack", action="store_true", help="leave the stack running")
+    faults.add_argument("--no-build", action="store_true", help="use the images as they are")
+    faults.add_argument(
+        "--out", type=Path, help=f"report folder (default {DEFAULT_REPORTS}/<time>)"
+    )
 
 
 def spike_config(args: argparse.Namespace) -> SpikeConfig:
@@ -202,6 +231,40 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
     return _finish(console, verdict, report)
 
 
+def cmd_faults(args: argparse.Namespace, console: Console) -> int:
+    """``faults``: start the compose stack, run the faults, report, tear down."""
+    from loadtest import faultsuite
+    from loadtest.faults import catalog
+    from loadtest.stack import StackError
+
+    out_dir = (args.out or faultsuite.DEFAULT_REPORTS / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    if args.quick:
+        options = faultsuite.SuiteOptions.quick(out_dir, args.fault or faultsuite.QUICK_FAULTS)
+    else:
+        options = faultsuite.SuiteOptions(faults=args.fault or list(catalog()), out_dir=out_dir)
+    unknown = sorted(set(args.fault) - set(catalog()))
+    if unknown:
+        console.print(f"[bold red]unknown fault(s) {unknown}[/]; known: {', '.join(catalog())}")
+        return 2
+    stack = None
+    try:
+        stack, base_url = faultsuite.start_stack(args.project, console, not args.no_build)
+        faultsuite.reset_sale(stack)
+        rows = faultsuite.run_suite(stack, base_url, options, console)
+    except (faultsuite.RunnerError, StackError) as exc:
+        console.print(f"[bold red]fault suite failed to run:[/] {exc}")
+        return 2
+    finally:
+        if stack is not None and not args.keep_stack:
+            with console.status("removing the stack"):
+                stack.down(volumes=True)
+    report = faultsuite.write_report(rows, options, args.command_line)
+    console.print(faultsuite.rich_table(rows))
+    passed = all(row.passed for row in rows)
+    console.print(f"{'[bold green]PASS' if passed else '[bold red]FAIL'}[/]  report: {report}")
+    return 0 if passed else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -210,9 +273,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return int(stack_main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
+    args.command_line = " ".join(["python -m loadtest", *argv])
     console = Console()
     if args.command == "spike":
         return cmd_spike(args, console)
+    if args.command == "faults":
+        return cmd_faults(args, console)
     return cmd_verify(args, console)
 
 

@@ -417,8 +417,28 @@ def _order_statuses(client: redis.Redis, keys: Keys, order_ids: Sequence[str]) -
     return dict(zip(order_ids, pipe.execute(), strict=True))
 
 
+def _lost(state: _State, accepted: Sequence[str]) -> list[str]:
+    """Accepted orders with no row."""
+    return [o for o in accepted if o not in state.rows]
+
+
+def _phantoms(state: _State, accepted: Sequence[str]) -> list[str]:
+    """Rows of the run that no client answer (or unanswered request) explains."""
+    explained = set(accepted) | {o for o in state.keyed_orders.values() if o}
+    return [o for o in state.rows if o not in explained]
+
+
+def _oversold(state: _State) -> list[str]:
+    """Items with more units persisted than they ever had."""
+    return [
+        f"item {i}: {units} > {initial}"
+        for i, (initial, _, units) in state.items.items()
+        if units > initial
+    ]
+
+
 def _check_accepted(state: _State, accepted: Sequence[str]) -> list[Check]:
-    lost = [o for o in accepted if o not in state.rows]
+    lost = _lost(state, accepted)
     not_persisted = [o for o, s in state.statuses.items() if s != "persisted"]
     return [
         Check(
@@ -439,8 +459,7 @@ def _check_accepted(state: _State, accepted: Sequence[str]) -> list[Check]:
 
 
 def _check_phantoms(state: _State, accepted: Sequence[str]) -> Check:
-    explained = set(accepted) | {o for o in state.keyed_orders.values() if o}
-    phantoms = [o for o in state.rows if o not in explained]
+    phantoms = _phantoms(state, accepted)
     return Check(
         "no_phantom_orders",
         not phantoms,
@@ -451,11 +470,7 @@ def _check_phantoms(state: _State, accepted: Sequence[str]) -> Check:
 
 
 def _check_stock(state: _State) -> list[Check]:
-    oversold = [
-        f"item {i}: {units} > {initial}"
-        for i, (initial, _, units) in state.items.items()
-        if units > initial
-    ]
+    oversold = _oversold(state)
     inconsistent = [
         f"item {i}: stock {stock} != {initial} - {units}"
         for i, (initial, stock, units) in state.items.items()
@@ -554,6 +569,31 @@ def check_invariants(
         _check_drain(state, drain),
         _check_server_errors(state, buckets, orders),
     ]
+
+
+@dataclass(frozen=True)
+class Audit:
+    """What became of a run's orders, as counts (the fault suite's row)."""
+
+    accepted: int
+    persisted: int  # accepted orders with their row
+    lost: int  # accepted orders without a row
+    duplicated: int  # rows of the run no client answer explains
+    oversold_items: int  # items with more units persisted than their initial stock
+
+
+def audit_orders(sources: Sources, orders: Sequence[OrderRecord], run_started: float) -> Audit:
+    """Count lost, duplicated and oversold orders of a run, from the live stores."""
+    accepted = [o.order_id for o in orders if o.status == 202 and o.order_id]
+    state = _read_state(sources, orders, run_started)
+    lost = _lost(state, accepted)
+    return Audit(
+        accepted=len(accepted),
+        persisted=len(accepted) - len(lost),
+        lost=len(lost),
+        duplicated=len(_phantoms(state, accepted)),
+        oversold_items=len(_oversold(state)),
+    )
 
 
 def order_outcomes(orders: Sequence[OrderRecord]) -> dict[str, int]:
