@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import secrets
 import socket
 import subprocess
@@ -228,7 +229,14 @@ def _load_main(args: argparse.Namespace) -> None:
 # --- orchestration -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
+def raise_file_limit() -> None:
+    """Lift this process's open-file limit to the hard limit: a thousand connections need
+    more descriptors than the usual soft limit of 1,024 (the api and the load generator)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -316,14 +324,21 @@ def _batches(it: Iterator[bytes], size: int = 1000) -> Iterator[list[bytes]]:
 
 
 @contextlib.contextmanager
-def api_process(env: BenchEnv, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """uvicorn, 1 worker, uvloop + httptools, until it answers /healthz."""
+def api_process(
+    env: BenchEnv, port: int, extra_env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """uvicorn, 1 worker, uvloop + httptools, until it answers /healthz; ``extra_env``
+    overrides settings (e.g. ``PUBLISHER``)."""
     cmd = [
         sys.executable, "-m", "uvicorn", "services.bench:bench_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, env={**os.environ, **env.environ()})
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **env.environ(), **(extra_env or {})},
+        preexec_fn=raise_file_limit,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -340,7 +355,7 @@ def api_process(env: BenchEnv, port: int) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(timeout=10)
 
 
-def _admin_post(url: str, body: dict[str, Any], token: str) -> Any:
+def admin_post(url: str, body: dict[str, Any], token: str) -> Any:
     headers = {"Content-Type": "application/json", **admin_token.bearer_header(token)}
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -351,9 +366,9 @@ def run(seconds: float, warmup: float, connections: int, console: Console) -> li
     """Run every case against one api process; return the figures."""
     results = []
     with bench_env(Settings()) as env:
-        port = _free_port()
+        port = free_port()
         with api_process(env, port), Progress(console=console, transient=True) as progress:
-            warmed = _admin_post(f"http://127.0.0.1:{port}/admin/warmup", {}, env.admin_token)
+            warmed = admin_post(f"http://127.0.0.1:{port}/admin/warmup", {}, env.admin_token)
             console.print(f"warmup: {warmed}")
             task = progress.add_task("benchmark", total=len(CASES) + 1)
             for case in CASES:
@@ -416,6 +431,9 @@ def main(argv: list[str] | None = None) -> None:
     """Command line (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m services.bench", description=__doc__)
     sub = parser.add_subparsers(dest="command")
+    orders = sub.add_parser("orders", help="the order path under wrk (services.bench_orders)")
+    orders.add_argument("--seconds", type=float, default=10.0, help="measured time per case")
+    orders.add_argument("--json", action="store_true", help="print the figures as JSON too")
     load = sub.add_parser("_load", help="internal: the load-generator process")
     load.add_argument("--case", required=True, choices=[c.name for c in CASES])
     load.add_argument("--port", type=int, required=True)
@@ -427,6 +445,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "_load":
         _load_main(args)
+        return
+    if args.command == "orders":
+        from services import bench_orders  # imports this module: not at the top
+
+        rows = bench_orders.run(args.seconds, Console())
+        bench_orders.report(rows, Console())
+        if args.json:
+            print(json.dumps(rows))
         return
     console = Console()
     results = run(args.seconds, args.warmup, args.connections, console)

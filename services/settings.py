@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     read_admission_limit: int = Field(
         512, ge=1, description="item reads in flight per api process; beyond it 503 overloaded"
     )
+    admission_wait_seconds: float = Field(
+        0.25,
+        ge=0,
+        description="how long a request beyond an admission limit may wait for a place"
+        " before 503 overloaded",
+    )
     sold_out_ttl_seconds: float = Field(
         1.0,
         gt=0,

@@ -20,7 +20,9 @@ The gate is a plain counter: the event loop is single-threaded, so no lock is ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import collections
+from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -46,13 +48,50 @@ class Gate:
     limit: int
     exact: bool = False
     """Match ``path`` exactly rather than as a prefix."""
+    wait_seconds: float = 0.0
+    """How long a request beyond the limit may wait for a place before it is refused."""
     in_flight: int = 0
+    waiting: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
 
     @property
     def route(self) -> str:
         """The ``route`` label of a rejected request in ``http_requests_total``: the path
         as a template (``/items*`` for a prefix), never "unmatched"."""
         return self.path if self.exact else f"{self.path}*"
+
+    async def enter(self) -> bool:
+        """Take a place: at once if one is free, else the first to free up within
+        ``wait_seconds`` (first come, first served); ``False`` if none did."""
+        if self.in_flight < self.limit:
+            self.in_flight += 1
+            return True
+        if self.wait_seconds <= 0:
+            return False
+        place = asyncio.get_running_loop().create_future()
+        self.waiting.append(place)
+        try:
+            async with asyncio.timeout(self.wait_seconds):
+                await place
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            if place.done() and not place.cancelled():
+                self.leave()  # handed a place just as the client went away: pass it on
+            raise
+        # A place handed over just as the time-out fired is still ours: never lose it.
+        if place.done() and not place.cancelled():
+            return True
+        place.cancel()  # :meth:`leave` skips it
+        return False
+
+    def leave(self) -> None:
+        """Give the place back: to the oldest waiting request, or free it."""
+        while self.waiting:
+            place = self.waiting.popleft()
+            if not place.done():
+                place.set_result(None)
+                return
+        self.in_flight -= 1
 
     def matches(self, scope: Scope) -> bool:
         """Whether this request belongs to the gate."""
@@ -77,7 +116,7 @@ class AdmissionMiddleware:
         if gate is None:
             await self.app(scope, receive, send)
             return
-        if gate.in_flight >= gate.limit:
+        if not await gate.enter():
             self._rejected[gate.name].inc()
             # The router never sees the request: label it for the metrics middleware
             # (which reads ``scope["route"].path``) as the router would have.
@@ -85,11 +124,10 @@ class AdmissionMiddleware:
             detail = f"more than {gate.limit} {gate.name} requests in flight; retry shortly"
             await error_response(503, "overloaded", detail, self.headers)(scope, receive, send)
             return
-        gate.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            gate.in_flight -= 1
+            gate.leave()
 
     def _gate_of(self, scope: Scope) -> Gate | None:
         for gate in self.gates:
@@ -102,6 +140,19 @@ def admission_gates(settings: Settings) -> list[Gate]:
     """The api's gates: ``POST /orders`` and the item reads (``GET /items...``)."""
     orders, reads = ADMISSION_GATES
     return [
-        Gate(orders, "POST", "/orders", settings.order_admission_limit, exact=True),
-        Gate(reads, "GET", "/items", settings.read_admission_limit),
+        Gate(
+            orders,
+            "POST",
+            "/orders",
+            settings.order_admission_limit,
+            exact=True,
+            wait_seconds=settings.admission_wait_seconds,
+        ),
+        Gate(
+            reads,
+            "GET",
+            "/items",
+            settings.read_admission_limit,
+            wait_seconds=settings.admission_wait_seconds,
+        ),
     ]

@@ -109,3 +109,25 @@ async def test_reads_have_their_own_gate_and_other_routes_none() -> None:
     assert refused.headers["Retry-After"] == "1"
     assert statuses == [200, 200, 200, 200]
     assert [g.in_flight for g in gates] == [0, 0]
+
+
+async def test_a_request_beyond_the_limit_takes_the_first_place_freed_within_its_wait() -> None:
+    gate = Gate("orders", "POST", "/orders", 1, exact=True, wait_seconds=30.0)
+    assert await gate.enter()
+    waiting = asyncio.create_task(gate.enter())
+    await wait_until_async(lambda: len(gate.waiting) == 1, 10, "the second to queue")
+    assert not waiting.done()
+    gate.leave()  # the place passes to the waiting request, it is not freed
+    assert await waiting
+    assert gate.in_flight == 1
+    gate.leave()
+    assert gate.in_flight == 0
+
+
+async def test_a_request_that_waits_in_vain_is_refused_and_holds_no_place() -> None:
+    gate = Gate("orders", "POST", "/orders", 1, exact=True, wait_seconds=0.05)
+    assert await gate.enter()
+    assert not await gate.enter()
+    gate.leave()
+    assert gate.in_flight == 0
+    assert await gate.enter()
