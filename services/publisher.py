@@ -249,13 +249,16 @@ class AmqpPublisher(TaskPublisher):
 
     async def _declare_queues(self, channel: aio_pika.abc.AbstractChannel) -> None:
         """Declare each queue and its direct exchange exactly as Celery and the worker do
-        (``services.messaging.durable_queue``), so a message never lands nowhere."""
-        for name in (self.order_queue, self.item_update_queue):
+        (the app's ``task_queues``, from ``services.messaging``, queue type included), so a
+        message never lands nowhere and RabbitMQ never refuses a redeclaration."""
+        for declared in self.app.conf.task_queues:
             exchange = await channel.declare_exchange(
-                name, aio_pika.ExchangeType.DIRECT, durable=True
+                declared.exchange.name, aio_pika.ExchangeType.DIRECT, durable=True
             )
-            queue = await channel.declare_queue(name, durable=True)
-            await queue.bind(exchange, routing_key=name)
+            queue = await channel.declare_queue(
+                declared.name, durable=True, arguments=declared.queue_arguments or None
+            )
+            await queue.bind(exchange, routing_key=declared.routing_key)
 
     @staticmethod
     async def _close_quietly(connection: aio_pika.abc.AbstractConnection | None) -> None:

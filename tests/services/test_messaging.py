@@ -8,6 +8,7 @@ from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Queue
 
 from services.messaging import routing_config
+from services.publisher import AmqpPublisher
 from services.settings import Settings
 
 
@@ -41,3 +42,27 @@ def test_quorum_queue_is_redeclared_alike_and_its_type_cannot_change(amqp_url: s
         classic.queue_arguments = {"x-queue-type": "classic"}
         with pytest.raises(PreconditionFailed):
             classic(conn.channel()).declare()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The api runs on asyncio."""
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_the_api_publisher_declares_the_configured_type(amqp_url: str) -> None:
+    """The api's aio-pika publisher declares the order queue as the worker does: with
+    ``ORDER_QUEUE_TYPE=quorum`` a worker's declaration afterwards is accepted."""
+    publisher = AmqpPublisher(Settings(broker_url=amqp_url, order_queue_type="quorum"))
+    try:
+        await publisher.start()
+        await publisher.publish_order(
+            {"order_id": "o-1", "item_id": 1, "user_id": "u", "quantity": 1, "accepted_at_ms": 1}
+        )
+    finally:
+        await publisher.close()
+    with Connection(amqp_url) as conn:
+        _order_queue("quorum")(conn.channel()).declare()
+        with pytest.raises(PreconditionFailed):
+            _order_queue("classic")(conn.channel()).declare()
