@@ -8,6 +8,7 @@ fixtures built on them live in ``tests/conftest.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import importlib
 import os
@@ -16,11 +17,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -163,3 +166,45 @@ def set_policy(vhost: str, name: str, pattern: str, definition: str) -> None:
         check=True,
         capture_output=True,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def serve_asgi(app: Any) -> Iterator[str]:
+    """Serve ``app`` (lifespan included) with uvicorn on a free port, in a thread of this
+    process; yields its base URL, and stops it afterwards. For clients that need a real
+    socket: a browser, a tool in a subprocess."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn:{port}", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), 60, "uvicorn to start")
+        assert server.started, "uvicorn exited during startup (its log is above)"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's Chromium, which Playwright drives (``make system-deps`` installs it)."""
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """A headless Chromium from a ``sync_playwright()`` context, or a visible skip."""
+    require(
+        shutil.which(CHROMIUM) or os.path.exists(CHROMIUM),
+        f"{CHROMIUM} not found (Debian chromium)",
+    )
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from services.api.admission import AdmissionMiddleware, admission_gates
 from services.api.dependencies import ApiContext
+from services.api.docs import install_docs
 from services.api.errors import install_error_handlers
 from services.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from services.api.responses import OrjsonResponse
@@ -46,7 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         default_response_class=OrjsonResponse,
         lifespan=lifespan,
+        # Both load their scripts from a CDN: /docs is served locally instead, ReDoc not at all.
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     install_error_handlers(app)
     for router in (items.router, orders.router, admin.router, health.router):
         app.include_router(router)

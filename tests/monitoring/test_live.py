@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from livestack import (
 from promql_helpers import load_dashboards, metric_names, panel_queries
 
 from services.monitoring.scrape import Scrape
-from tests.support import require, require_module
+from tests.support import launch_chromium, require_module
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -40,16 +39,6 @@ EXPORTER_DASHBOARDS = {"datastores.json"}
 ARTIFACTS = Path(
     os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts")
 )
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 
 
 @pytest.fixture(scope="module")
@@ -111,14 +100,6 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(
     assert not report, report
 
 
-def _launch_chromium(playwright: object) -> object:
-    require(
-        shutil.which(CHROMIUM) or os.path.exists(CHROMIUM),
-        f"{CHROMIUM} not found (Debian chromium)",
-    )
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)  # type: ignore[attr-defined]
-
-
 @pytest.mark.browser
 def test_builtin_dashboard_shows_every_panel_in_chromium(live_stack: LiveStack) -> None:
     """The page loads without console errors and every panel has data after a short load."""
@@ -127,7 +108,7 @@ def test_builtin_dashboard_shows_every_panel_in_chromium(live_stack: LiveStack) 
     screenshot = ARTIFACTS / "dashboard.png"
     load = threading.Thread(target=live_stack.load, args=(LOAD_SECONDS,), daemon=True)
     with sync_api.sync_playwright() as playwright:
-        browser = _launch_chromium(playwright)
+        browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})  # type: ignore[attr-defined]
         console_errors: list[str] = []
         page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
