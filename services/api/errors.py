@@ -14,8 +14,10 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from services.api.responses import OrjsonResponse
 from services.breaker import DependencyDown
@@ -77,10 +79,27 @@ async def _on_api_error(_: Request, exc: Exception) -> OrjsonResponse:
     return error_response(exc.status, exc.code, exc.detail, exc.headers)
 
 
-async def _on_http_exception(_: Request, exc: Exception) -> OrjsonResponse:
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405: the methods of every route at the request's path.
+
+    Starlette names only the first route that matched the path, so ``GET /items/{id}``
+    would hide ``PUT /items/{id}``. FastAPI keeps included routers as branches:
+    ``iter_route_contexts`` walks down to their routes.
+    """
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        if route.methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _CODES.get(exc.status_code, "error")
-    return error_response(exc.status_code, code, exc.detail, exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    return error_response(exc.status_code, code, exc.detail, headers)
 
 
 async def _on_validation_error(_: Request, exc: Exception) -> OrjsonResponse:

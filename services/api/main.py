@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.api.admission import AdmissionMiddleware, admission_gates
+from services.api.contract import install_contract
 from services.api.dependencies import ApiContext
 from services.api.docs import install_docs
 from services.api.errors import install_error_handlers
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_docs(app)
+    install_contract(app, resolved)
     install_error_handlers(app)
     for router in (items.router, orders.router, admin.router, health.router):
         app.include_router(router)

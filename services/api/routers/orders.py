@@ -10,6 +10,7 @@ from typing import Annotated
 
 import psycopg
 from fastapi import APIRouter, Header
+from pydantic.json_schema import SkipJsonSchema
 from redis.exceptions import RedisError
 
 from services import db
@@ -193,7 +194,10 @@ async def _publish_or_cancel(ctx: ApiContext, order: Order) -> None:
 async def create_order(
     body: OrderRequest,
     ctx: Context,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[
+        str | SkipJsonSchema[None],
+        Header(alias="Idempotency-Key", json_schema_extra={"pattern": IDEMPOTENCY_KEY_PATTERN}),
+    ] = None,
 ) -> OrjsonResponse:
     """Reserve stock atomically (idempotency key, per-user limit, stock), publish the order
     with a confirm, answer 202; the worker persists it (``GET /orders/{id}`` follows it).
