@@ -29,7 +29,7 @@ router = APIRouter(tags=["items"])
 ItemIdPath = Annotated[int, Path(ge=1, le=MAX_ITEM_ID, description="item id")]
 _NOT_FOUND = {404: {"model": ErrorBody, "description": "no such item"}}
 _READ_UNAVAILABLE = {
-    503: {"model": ErrorBody, "description": "neither Redis nor PostgreSQL answers"}
+    503: {"model": ErrorBody, "description": "overloaded, or neither Redis nor PostgreSQL answers"}
 }
 _IDS = re.compile(IDS_PATTERN)
 
