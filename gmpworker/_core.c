@@ -1374,7 +1374,7 @@ execute(PyObject *m, PyObject *gp, PyObject *sched, PyObject *counters)
     }
 }
 
-/* Mirrors runtime.schedule (proc.go): find a G (runnext first, unless this is a
+/* Mirrors runtime.schedule (proc.go): find a G (the local queue, unless this is a
  * 1-in-61 tick with global work; otherwise proc._findrunnable_fast), execute it. */
 static PyObject *
 schedule(PyObject *self, PyObject *m)
@@ -1402,13 +1402,17 @@ schedule(PyObject *self, PyObject *m)
         runqobject *q = runqof(pp);
         PyObject *gp = NULL;
         int inheritTime = 0;
-        if (q->runnext != NULL &&
-            (PyLong_AsLong(getf(pp, off.p_schedtick)) % 61 != 0 ||
-             QLEN(getf(sched, off.s_runq)) == 0)) {
-            gp = q->runnext;  /* runqget's runnext */
+        /* findRunnable's step 4 (1-in-61: the global queue first) and step 6
+         * (runqget: runnext, then the ring) here; the rest in Python. */
+        int globalturn = PyLong_AsLong(getf(pp, off.p_schedtick)) % 61 == 0 &&
+                         QLEN(getf(sched, off.s_runq)) > 0;
+        if (!globalturn && q->runnext != NULL) {
+            gp = q->runnext;
             q->runnext = NULL;
             inheritTime = 1;
         }
+        else if (!globalturn && (gp = rq_pop(q)) != NULL)
+            inheritTime = 0;
         else {
             PyObject *res = PyObject_CallFunctionObjArgs(py_findrunnable_fast, m, pp, NULL);
             if (res == NULL)
