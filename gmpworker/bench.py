@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import importlib
 import importlib.util
@@ -140,6 +141,12 @@ def uvloop_missing() -> str | None:
     except ImportError:
         return "uvloop not installed"
     return None
+
+
+# The clocks a timed row can use: wall time (every section), and CPU time of the whole
+# process (all its threads) for the "CPU time" sections, which load from other processes
+# on a shared machine does not inflate.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def per_op_us(elapsed: float, n: int) -> float:
@@ -256,18 +263,19 @@ async def _aio_echo(down: asyncio.Queue[int | None], up: asyncio.Queue[int]) -> 
         await up.put(v)
 
 
-async def _aio_pingpong(n: int) -> float:
+async def _aio_pingpong(n: int, clock: str = "wall") -> float:
+    now = CLOCKS[clock]
     down: asyncio.Queue[int | None] = asyncio.Queue()
     up: asyncio.Queue[int] = asyncio.Queue()
     echo = asyncio.create_task(_aio_echo(down, up))
     for i in range(warmup_count(n)):
         await down.put(i)
         await up.get()
-    t0 = time.perf_counter()
+    t0 = now()
     for i in range(n):
         await down.put(i)
         await up.get()
-    elapsed = time.perf_counter() - t0
+    elapsed = now() - t0
     await down.put(None)
     await echo
     return per_op_us(elapsed, n)
@@ -282,14 +290,14 @@ def run_asyncio(coro: Coroutine[Any, Any, float], *, uvloop: bool = False) -> fl
         return runner.run(coro)
 
 
-def pingpong_asyncio(n: int) -> float:
+def pingpong_asyncio(n: int, clock: str = "wall") -> float:
     """Round trip (µs) between two asyncio tasks over two asyncio.Queue."""
-    return run_asyncio(_aio_pingpong(n))
+    return run_asyncio(_aio_pingpong(n, clock))
 
 
-def pingpong_uvloop(n: int) -> float:
+def pingpong_uvloop(n: int, clock: str = "wall") -> float:
     """Round trip (µs) between two tasks over two asyncio.Queue on uvloop."""
-    return run_asyncio(_aio_pingpong(n), uvloop=True)
+    return run_asyncio(_aio_pingpong(n, clock), uvloop=True)
 
 
 async def _gmp_echo(down: gmp.Chan[int | None], up: gmp.Chan[int | None]) -> None:
@@ -297,18 +305,19 @@ async def _gmp_echo(down: gmp.Chan[int | None], up: gmp.Chan[int | None]) -> Non
         await up.send(v)
 
 
-async def _gmp_pingpong(n: int) -> float:
+async def _gmp_pingpong(n: int, clock: str = "wall") -> float:
+    now = CLOCKS[clock]
     down: gmp.Chan[int | None] = gmp.Chan(0)
     up: gmp.Chan[int | None] = gmp.Chan(0)
     echo = gmp.go(_gmp_echo, down, up)
     for i in range(warmup_count(n)):
         await down.send(i)
         await up.recv()
-    t0 = time.perf_counter()
+    t0 = now()
     for i in range(n):
         await down.send(i)
         await up.recv()
-    elapsed = time.perf_counter() - t0
+    elapsed = now() - t0
     await down.send(None)
     await echo
     return per_op_us(elapsed, n)
@@ -318,7 +327,7 @@ IMPLEMENTATIONS = ("native", "pure")  # gmpworker.native.IMPLEMENTATION values
 
 
 def gmp_in(
-    impl: str, procs: int, main: Callable[[int], Awaitable[float]]
+    impl: str, procs: int, main: Callable[..., Awaitable[float]], clock: str = "wall"
 ) -> Callable[[int], float]:
     """A measure function running ``main(n)`` as G1 of a fresh gmpworker runtime, on the
     native core or the pure runtime: in a child process (``--child``) whose
@@ -329,7 +338,11 @@ def gmp_in(
         env = dict(os.environ, GMPWORKER_PURE="1" if impl == "pure" else "0")
         child = [sys.executable, "-m", "gmpworker.bench", "--child", impl, main.__name__]
         done = subprocess.run(
-            [*child, str(procs), str(n)], env=env, capture_output=True, text=True, timeout=600
+            [*child, str(procs), str(n), clock],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(child)} failed: {done.stderr.strip()[-2000:]}")
@@ -339,12 +352,14 @@ def gmp_in(
     return measure
 
 
-def run_child(impl: str, main_name: str, procs: int, n: int) -> float:
+def run_child(impl: str, main_name: str, procs: int, n: int, clock: str) -> float:
     """The ``--child`` side of ``gmp_in``: one sample of ``main_name(n)`` on ``impl``."""
     if impl != gmp.native.IMPLEMENTATION:
         raise RuntimeError(f"asked for the {impl} runtime, got {gmp.native.IMPLEMENTATION}")
     main = globals()[main_name]
-    result: float = gmp.run(main, n, procs=procs)
+    # The memory and storm rows take no clock (they measure bytes and lateness).
+    args = (n, clock) if clock != "wall" else (n,)
+    result: float = gmp.run(main, *args, procs=procs)
     return result
 
 
@@ -370,32 +385,34 @@ async def _aio_noop() -> None:
     """A task body that does nothing."""
 
 
-async def _aio_spawn(n: int) -> float:
+async def _aio_spawn(n: int, clock: str = "wall") -> float:
+    now = CLOCKS[clock]
     create_task = asyncio.create_task
-    t0 = time.perf_counter()
+    t0 = now()
     tasks = [create_task(_aio_noop()) for _ in range(n)]
     await asyncio.gather(*tasks)
-    return per_op_us(time.perf_counter() - t0, n)
+    return per_op_us(now() - t0, n)
 
 
-def spawn_asyncio(n: int) -> float:
+def spawn_asyncio(n: int, clock: str = "wall") -> float:
     """asyncio.create_task n times, then gather: µs per task."""
-    return run_asyncio(_aio_spawn(n))
+    return run_asyncio(_aio_spawn(n, clock))
 
 
 async def _gmp_done(wg: gmp.WaitGroup) -> None:
     wg.done()
 
 
-async def _gmp_spawn(n: int) -> float:
+async def _gmp_spawn(n: int, clock: str = "wall") -> float:
+    now = CLOCKS[clock]
     go = gmp.go
     wg = gmp.WaitGroup()
     wg.add(n)
-    t0 = time.perf_counter()
+    t0 = now()
     for _ in range(n):
         go(_gmp_done, wg)
     await wg.wait()
-    return per_op_us(time.perf_counter() - t0, n)
+    return per_op_us(now() - t0, n)
 
 
 # --------------------------------------------------------------------------- memory
@@ -554,7 +571,19 @@ async def _gmp_isolation(n: int) -> float:
 
 SECTIONS = (
     Section("pingpong", "ping-pong round trip", "µs/round trip", "pingpong.asyncio"),
+    Section(
+        "pingpong_cpu",
+        "ping-pong round trip, CPU time (time.process_time)",
+        "µs/round trip",
+        "pingpong_cpu.asyncio",
+    ),
     Section("spawn", "spawn + run + exit", "µs/task", "spawn.asyncio"),
+    Section(
+        "spawn_cpu",
+        "spawn + run + exit, CPU time (time.process_time)",
+        "µs/task",
+        "spawn_cpu.asyncio",
+    ),
     Section("memory", "memory per parked task", "B/task", "memory.asyncio"),
     Section("isolation", "ticker p99 lateness, blocking storm", "ms", "isolation.to_thread"),
 )
@@ -564,10 +593,11 @@ SECTION_BY_KEY = {s.key: s for s in SECTIONS}
 def gmp_cases(
     section: str,
     what: str,
-    main: Callable[[int], Awaitable[float]],
+    main: Callable[..., Awaitable[float]],
     sizes: tuple[int, int, int],
     note: str,
     procs: tuple[int, ...] = (1, 2),
+    clock: str = "wall",
 ) -> list[Case]:
     """The gmpworker rows of a section: each implementation (native core, pure Python)
     at each GOMAXPROCS, keyed ``<section>.<impl><procs>`` (``memory.native``)."""
@@ -582,7 +612,7 @@ def gmp_cases(
                     f"{section}.{suffix}",
                     section,
                     label,
-                    gmp_in(impl, p, main),
+                    gmp_in(impl, p, main, clock),
                     n_full,
                     n_quick,
                     repeats,
@@ -639,6 +669,35 @@ CASES = (
         "pingpong", "Chan(0)", _gmp_pingpong, (20_000, 500, 5), "two Gs, two unbuffered Chans"
     ),
     Case(
+        "pingpong_cpu.asyncio",
+        "pingpong_cpu",
+        "asyncio.Queue",
+        functools.partial(pingpong_asyncio, clock="cpu"),
+        20_000,
+        500,
+        5,
+        "two tasks, two unbounded Queues, await put/get",
+    ),
+    Case(
+        "pingpong_cpu.uvloop",
+        "pingpong_cpu",
+        "asyncio.Queue on uvloop",
+        functools.partial(pingpong_uvloop, clock="cpu"),
+        20_000,
+        500,
+        5,
+        "same code as asyncio.Queue, uvloop event loop",
+        uvloop_missing,
+    ),
+    *gmp_cases(
+        "pingpong_cpu",
+        "Chan(0)",
+        _gmp_pingpong,
+        (20_000, 500, 5),
+        "two Gs, two unbuffered Chans",
+        clock="cpu",
+    ),
+    Case(
         "spawn.thread",
         "spawn",
         "threading.Thread start+join",
@@ -660,6 +719,24 @@ CASES = (
     ),
     *gmp_cases(
         "spawn", "go + WaitGroup", _gmp_spawn, (20_000, 500, 5), "go n times, then wg.wait()"
+    ),
+    Case(
+        "spawn_cpu.asyncio",
+        "spawn_cpu",
+        "asyncio.create_task + gather",
+        functools.partial(spawn_asyncio, clock="cpu"),
+        20_000,
+        500,
+        5,
+        "create n tasks, then gather",
+    ),
+    *gmp_cases(
+        "spawn_cpu",
+        "go + WaitGroup",
+        _gmp_spawn,
+        (20_000, 500, 5),
+        "go n times, then wg.wait()",
+        clock="cpu",
     ),
     Case(
         "memory.go",
@@ -810,6 +887,11 @@ def _limit_target(
     return verdicts
 
 
+def _keys(sections: tuple[str, ...], impl: str) -> tuple[str, ...]:
+    """The row keys of ``impl`` at procs 1 and 2 in each of ``sections``."""
+    return tuple(f"{s}.{impl}{p}" for s in sections for p in (1, 2))
+
+
 def check_targets(rows: list[Row]) -> list[Verdict]:
     """The issue's targets (16, and issue 2's storm bound), checked against this run."""
     by_key = {r.key: r for r in rows}
@@ -818,19 +900,19 @@ def check_targets(rows: list[Row]) -> list[Verdict]:
         *_ratio_target(
             by_key,
             "ping-pong ≤ 0.10x asyncio.Queue, native",
-            ("pingpong.native1", "pingpong.native2"),
+            _keys(("pingpong", "pingpong_cpu"), "native"),
             0.10,
         ),
         *_ratio_target(
             by_key,
             "ping-pong ≤ 0.25x asyncio.Queue, pure",
-            ("pingpong.pure1", "pingpong.pure2"),
+            _keys(("pingpong", "pingpong_cpu"), "pure"),
             0.25,
         ),
         *_limit_target(
             by_key,
             "spawn+exit ≤ 1 µs per G, native",
-            ("spawn.native1", "spawn.native2"),
+            _keys(("spawn", "spawn_cpu"), "native"),
             1.0,
             strict=False,
         ),
@@ -950,14 +1032,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument(
         "--child",
-        nargs=4,
-        metavar=("IMPL", "MAIN", "PROCS", "N"),
+        nargs=5,
+        metavar=("IMPL", "MAIN", "PROCS", "N", "CLOCK"),
         help="internal: print one sample of a gmpworker row (see gmp_in)",
     )
     args = parser.parse_args(argv)
     if args.child:
-        impl, main_name, procs, n = args.child
-        print(run_child(impl, main_name, int(procs), int(n)))
+        impl, main_name, procs, n, clock = args.child
+        print(run_child(impl, main_name, int(procs), int(n), clock))
         return 0
     info = machine_info()
     info["command"] = " ".join(

@@ -27,8 +27,10 @@ BASELINE_ROWS = {
     "pingpong.process",
     "pingpong.thread",
     "pingpong.asyncio",
+    "pingpong_cpu.asyncio",
     "spawn.thread",
     "spawn.asyncio",
+    "spawn_cpu.asyncio",
     "memory.go",
     "memory.asyncio",
     "isolation.direct",
@@ -36,13 +38,14 @@ BASELINE_ROWS = {
 }
 GMP_ROWS = {
     f"{section}.{impl}{procs}"
-    for section in ("pingpong", "spawn", "isolation")
+    for section in ("pingpong", "pingpong_cpu", "spawn", "spawn_cpu", "isolation")
     for impl in ("native", "pure")
     for procs in (1, 2)
 } | {"memory.native", "memory.pure"}
 NATIVE_ROWS = {key for key in GMP_ROWS if ".native" in key}
-UVLOOP_ROW = "pingpong.uvloop"
-TARGET_ROWS = GMP_ROWS - {"spawn.pure1", "spawn.pure2"}  # spawn: a target for native only
+UVLOOP_ROWS = {"pingpong.uvloop", "pingpong_cpu.uvloop"}
+# spawn has a target for the native core only
+TARGET_ROWS = GMP_ROWS - {f"{s}.pure{p}" for s in ("spawn", "spawn_cpu") for p in (1, 2)}
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +79,10 @@ def assert_measured(row: dict[str, Any]) -> None:
 def test_every_row_is_in_the_table(bench: tuple[subprocess.CompletedProcess[str], Any]) -> None:
     proc, doc = bench
     rows = rows_by_key(doc)
-    assert set(rows) == BASELINE_ROWS | GMP_ROWS | {UVLOOP_ROW}
+    assert set(rows) == BASELINE_ROWS | GMP_ROWS | UVLOOP_ROWS
     for row in rows.values():
         assert row["label"] in proc.stdout, row["label"]
-    assert proc.stdout.count("vs asyncio") == 4  # one header per section
+    assert proc.stdout.count("vs asyncio") == 6  # one header per section
     assert f"row {len(rows)}/{len(rows)}]" in proc.stderr  # progress reached the last row
 
 
@@ -102,14 +105,15 @@ def test_baseline_rows_are_measured(bench: tuple[subprocess.CompletedProcess[str
     assert baseline["ratio"] == pytest.approx(1.0)
 
 
-def test_uvloop_row_is_measured_when_installed(
+def test_uvloop_rows_are_measured_when_installed(
     bench: tuple[subprocess.CompletedProcess[str], Any],
 ) -> None:
-    row = rows_by_key(bench[1])[UVLOOP_ROW]
-    if importlib.util.find_spec("uvloop") is None:
-        assert row["skipped"] and row["value"] is None
-    else:
-        assert_measured(row)
+    for key in sorted(UVLOOP_ROWS):
+        row = rows_by_key(bench[1])[key]
+        if importlib.util.find_spec("uvloop") is None:
+            assert row["skipped"] and row["value"] is None
+        else:
+            assert_measured(row)
 
 
 def test_gmpworker_rows_are_measured(bench: tuple[subprocess.CompletedProcess[str], Any]) -> None:
