@@ -99,20 +99,32 @@ def seconds(duration: str) -> int:
     return int(match.group(1))
 
 
+_DEFAULTED = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}")
+
+
 def compose_services() -> dict[str, dict[str, Any]]:
-    """docker-compose.yml's services (anchors and merge keys resolved by PyYAML)."""
-    return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"])
+    """docker-compose.yml's services with every ``${VAR:-default}`` at its default (as an
+    unconfigured ``docker compose`` reads them; anchors and merge keys resolved by PyYAML)."""
+    text = _DEFAULTED.sub(r"\1", (ROOT / "docker-compose.yml").read_text())
+    return dict(yaml.safe_load(text)["services"])
+
+
+_TCP_CONNECT = re.compile(r"exec 3<>/dev/tcp/127\.0\.0\.1/(\d+)")
 
 
 def compose_check(test: list[str]) -> tuple[str, Any]:
-    """A compose healthcheck ``test`` as ``("http", (port, path))`` or ``("exec", argv)``.
+    """A compose healthcheck ``test`` as ``("http", (port, path))``, ``("tcp", port)`` or
+    ``("exec", argv)``.
 
     The HTTP checks (``healthcheck http URL``, ``wget -q -O /dev/null URL``) become the
-    kubelet's own GET of the same port and path; the rest run as they are.
+    kubelet's own GET of the same port and path, a bare TCP connect (bash's
+    ``/dev/tcp``) the kubelet's TCP check; the rest run as they are.
     """
     form, *argv = test
     if form == "CMD-SHELL":
         return "exec", ["sh", "-c", *argv]
+    if argv[:2] == ["bash", "-c"] and (tcp := _TCP_CONNECT.fullmatch(argv[2])):
+        return "tcp", int(tcp.group(1))
     url = None
     if argv[:2] == ["healthcheck", "http"]:
         url = argv[2]
@@ -124,13 +136,16 @@ def compose_check(test: list[str]) -> tuple[str, Any]:
     return "exec", argv
 
 
+def _port_number(container: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    return int(next(p["containerPort"] for p in container["ports"] if p["name"] == port))
+
+
 def probe_check(container: dict[str, Any], probe: dict[str, Any]) -> tuple[str, Any]:
     """A Kubernetes probe in :func:`compose_check`'s form (named ports resolved)."""
     if "httpGet" in probe:
-        port = probe["httpGet"]["port"]
-        if isinstance(port, str):
-            port = next(p["containerPort"] for p in container["ports"] if p["name"] == port)
-        return "http", (port, probe["httpGet"]["path"])
+        return "http", (_port_number(container, probe["httpGet"]["port"]), probe["httpGet"]["path"])
     if "exec" in probe:
         return "exec", probe["exec"]["command"]
-    return "tcp", probe["tcpSocket"]["port"]
+    return "tcp", _port_number(container, probe["tcpSocket"]["port"])
