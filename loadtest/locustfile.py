@@ -151,6 +151,9 @@ class Shopper(FastHttpUser):
                 resp.success()
             else:
                 resp.failure(f"order answered {status}")
+                # An outcome_unknown 503 carries the order id: not a refusal, the order
+                # may exist (the verifier traces it).
+                order_id = _outcome_unknown(resp)
             if _RunState.orders is not None:
                 record = OrderRecord(
                     t=sent,
@@ -187,6 +190,21 @@ class Shopper(FastHttpUser):
                 resp.success()
             else:
                 resp.failure(f"expected {sorted(expected)}, got {resp.status_code}")
+
+
+def _outcome_unknown(response: Any) -> str | None:
+    """The order id of a ``503 outcome_unknown`` (the reservation may exist), else None."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("error") != "outcome_unknown":
+        return None
+    detail = body.get("detail")
+    if not isinstance(detail, dict):
+        return None
+    order_id = detail.get("order_id")
+    return str(order_id) if order_id else None
 
 
 def _has_retry_after(response: Any) -> bool:

@@ -13,7 +13,8 @@ Invariants (each a :class:`Check`; any failure fails the run):
 - ``queue_drained``: the pending set emptied within the stated bound after the spike, and
   is empty at the end with every accepted order persisted.
 - ``no_unexpected_5xx``: no server error other than a deliberate ``503`` (``Retry-After``),
-  and no order refused with ``503`` left a reservation behind (status ``failed``, no row).
+  and no order refused with ``503`` left a reservation behind (status ``failed``, no row);
+  a ``503 outcome_unknown`` (it carries the order id) is not a refusal.
 
 Measurements: per-phase requests/s, error rate and p50/p95/p99; cache hit ratio (deltas of
 the api's ``cache_lookups_total``); accept-to-persist lag p50/p99 from the database.
@@ -534,7 +535,9 @@ def _check_server_errors(
     state: _State, buckets: Sequence[Bucket], orders: Sequence[OrderRecord]
 ) -> Check:
     unexpected = sum(b.unexpected_5xx for b in buckets)
-    refused = [o for o in orders if o.status == 503]
+    # A 503 that carries an order id is an "outcome unknown", not a refusal: its order may
+    # exist (then it must be persisted like any other, see no_phantom_orders).
+    refused = [o for o in orders if o.status == 503 and not o.order_id]
     leaked = []
     for order in refused:
         order_id = state.keyed_orders.get(order.key)

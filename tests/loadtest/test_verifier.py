@@ -265,6 +265,13 @@ def test_a_refused_order_that_kept_its_reservation_is_caught(sale: Sale) -> None
     assert "no_unexpected_5xx" in failed(sale.verdict())
 
 
+def test_an_outcome_unknown_503_whose_order_was_persisted_is_no_leak(sale: Sale) -> None:
+    order_id = sale.persist(2, 1, recorded_status=None)
+    # 503 outcome_unknown: the answer carried the order id, which then was persisted.
+    sale.record(2, 1, sale.key_of(2, order_id), 503, order_id)
+    assert failed(sale.verdict()) == set()
+
+
 def test_a_failed_threshold_fails_the_verdict(sale: Sale) -> None:
     sale.buckets[0].latency[900] += 5
     verdict = sale.verdict()
