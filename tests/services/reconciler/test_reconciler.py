@@ -86,7 +86,12 @@ def republished_total() -> float:
     return REGISTRY.get_sample_value("reconciler_orders_republished_total") or 0.0
 
 
-def test_stranded_orders_are_recovered_and_stock_mismatch_reported(
+def repairs_total() -> float:
+    """This process's reconciler_stock_repairs_total."""
+    return REGISTRY.get_sample_value("reconciler_stock_repairs_total") or 0.0
+
+
+def test_stranded_orders_are_recovered_and_stock_drift_repaired(
     reconciler: Reconciler, store: OrderStore, db: psycopg.Connection[Any], amqp_url: str
 ) -> None:
     seed(db, store, 1, 10)
@@ -104,6 +109,7 @@ def test_stranded_orders_are_recovered_and_stock_mismatch_reported(
     store.client.decrby(store.keys.stock(2), 3)
     time.sleep(0.3)  # past the grace period
     before = republished_total()
+    repairs_before = repairs_total()
 
     report = reconciler.run_once()
 
@@ -115,8 +121,14 @@ def test_stranded_orders_are_recovered_and_stock_mismatch_reported(
     # Item 1 is consistent: Redis 7 == database 9 - 2 pending units.
     assert report.stock_mismatches == {2: (7, 10)}
     assert REGISTRY.get_sample_value("reconciler_stock_mismatch_items") == 1
+    # ...and repaired by the gap, relative to whatever was reserved meanwhile.
+    assert report.stock_repairs == {2: 3}
+    assert repairs_total() - repairs_before == 1
+    assert store.get_stocks([1, 2]) == [7, 10]
     assert report.pending == 1
     assert queued_orders(amqp_url) == [task_payload(never_published)]
+    again = reconciler.run_once()
+    assert again.stock_mismatches == {} and again.stock_repairs == {}
 
 
 def test_republish_waits_while_the_order_queue_has_a_backlog(
@@ -147,3 +159,33 @@ def test_consistent_state_reports_nothing(
     assert report.republished == [] and report.marked_persisted == []
     assert report.stock_mismatches == {}
     assert report.pending == 1
+
+
+def test_an_order_a_worker_claimed_recently_is_left_to_it(
+    reconciler: Reconciler, store: OrderStore, db: psycopg.Connection[Any], amqp_url: str
+) -> None:
+    seed(db, store, 1, 10)
+    claimed, unclaimed = reserve(store, 1, 1), reserve(store, 1, 1)
+    time.sleep(0.3)  # both stale
+    store.claim([(1, claimed["order_id"])], int(time.time() * 1000))  # a worker retries it
+    report = reconciler.run_once()
+    assert report.republished == [unclaimed["order_id"]]
+    assert report.claimed_recently == 1
+    assert [o["order_id"] for o in queued_orders(amqp_url)] == [unclaimed["order_id"]]
+    # Its worker went quiet for longer than the claim grace: now it is republished.
+    store.claim([(1, claimed["order_id"])], int(time.time() * 1000) - 120_000)
+    assert claimed["order_id"] in reconciler.run_once().republished
+
+
+def test_pending_reservations_are_no_drift_and_a_real_one_is_confirmed(
+    reconciler: Reconciler, store: OrderStore, db: psycopg.Connection[Any]
+) -> None:
+    """Live reservations (read atomically with the counter) never look like a drift."""
+    seed(db, store, 1, 10)
+    for _ in range(3):
+        reserve(store, 1, 1)  # pending: Redis 7 == 10 - 3
+    first = reconciler._measure_mismatches([1], full=True)
+    assert first == {}
+    store.client.decrby(store.keys.stock(1), 2)
+    assert reconciler._measure_mismatches([1]) == {1: (5, 7)}
+    assert reconciler.stock_mismatches([1]) == {1: (5, 7)}  # twice the same gap: confirmed
