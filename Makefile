@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 # native core (gmpworker/_core.c) into the source tree, so a change to it reinstalls.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock setup.py gmpworker/_core.c | cksum | cut -d' ' -f1)
 
-.PHONY: venv up down status test lint format bench images compose-up compose-down k8s spike faults system-deps services clean
+.PHONY: venv up down status test lint format bench experiments images compose-up compose-down k8s spike faults system-deps services clean
 
 $(STAMP): pyproject.toml requirements.lock setup.py gmpworker/_core.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ format: venv
 
 bench: venv services
 	$(BIN)/python -m gmpworker.bench
+
+experiments: venv services  ## every experiment side by side: reports/experiments/report.{md,html}
+	$(BIN)/python -m loadtest experiments $(ARGS)
 
 images: venv  ## wheelhouse from requirements.lock + every compose image, package index off
 	$(BIN)/python -m loadtest.stack build

@@ -1,4 +1,4 @@
-"""``python -m loadtest spike|verify|faults|stack``.
+"""``python -m loadtest spike|verify|faults|experiments|stack``.
 
 - ``spike --target native|compose|<url>``: the whole spike test, one command; exit status 0
   when every invariant and threshold holds, 1 when one fails, 2 when the run itself failed.
@@ -7,6 +7,8 @@
 - ``faults [--target compose] [--quick] [FAULT...]``: the fault suite
   (:mod:`loadtest.faultsuite`); exit status 0 when every fault recovered with nothing
   lost, duplicated or oversold, 1 when one did not, 2 when the suite could not run.
+- ``experiments [NAME...] [--quick] [--list]``: the architecture's claims measured side by
+  side (:mod:`loadtest.experiments`); exit status 1 when an experiment could not be run.
 - ``stack ...``: the Docker Compose driver (:func:`loadtest.stack.main`).
 """
 
@@ -108,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verdict_flags(check)
 
     _add_faults_parser(sub)
+    experiments = sub.add_parser(
+        "experiments", help="run the architecture's experiments side by side, one report"
+    )
+    experiments.add_argument("names", nargs="*", metavar="NAME", help="default: every one")
+    experiments.add_argument(
+        "--quick", action="store_true", help="small sizes, under a minute each (for the tests)"
+    )
+    experiments.add_argument("--list", action="store_true", help="name the experiments and stop")
+    experiments.add_argument(
+        "--out", type=Path, help="report folder (default reports/experiments at the root)"
+    )
+
     sub.add_parser("stack", help="the Docker Compose driver (loadtest.stack)", add_help=False)
     return parser
 
@@ -263,6 +277,25 @@ def cmd_faults(args: argparse.Namespace, console: Console) -> int:
     passed = all(row.passed for row in rows)
     console.print(f"{'[bold green]PASS' if passed else '[bold red]FAIL'}[/]  report: {report}")
     return 0 if passed else 1
+def cmd_experiments(args: argparse.Namespace, console: Console) -> int:
+    """``experiments``: list, or run and report; 1 when an experiment could not be run."""
+    from loadtest.experiments import runner
+
+    if args.list:
+        console.print(runner.listing())
+        return 0
+    try:
+        outcomes, _ = runner.run(
+            args.names,
+            args.quick,
+            (args.out or runner.DEFAULT_OUT).resolve(),
+            args.command_line,
+            console,
+        )
+    except runner.UnknownExperimentError as exc:
+        console.print(f"[bold red]{exc}[/]")
+        return 2
+    return 1 if any(o.failed for o in outcomes) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_spike(args, console)
     if args.command == "faults":
         return cmd_faults(args, console)
+    if args.command == "experiments":
+        return cmd_experiments(args, console)
     return cmd_verify(args, console)
 
 

@@ -35,7 +35,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -113,15 +113,36 @@ CASES = (
 )
 
 
-def _request_bytes(case: Case, host: str, rng: random.Random, n: int) -> bytes:
-    item = rng.randint(1, HOT_ITEMS)
+def request_bytes(
+    case: Case, host: str, rng: random.Random, n: int, pick: Callable[[random.Random], int]
+) -> bytes:
+    """One HTTP/1.1 request of ``case`` for the item ``pick(rng)``; ``n`` makes the user
+    of an order unique within its connection."""
+    item = pick(rng)
     path = case.path.format(item=item)
     head = f"{case.method} {path} HTTP/1.1\r\nHost: {host}\r\n"
     if case.body is None:
         return (head + "\r\n").encode()
-    body = case.body.format(item=item, user=f"u{os.getpid()}x{n}").encode()
+    body = case.body.format(item=item, user=f"u{os.getpid()}x{id(rng)}x{n}").encode()
     head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     return head.encode() + body
+
+
+def hot_item(rng: random.Random) -> int:
+    """An item among the :data:`HOT_ITEMS` first, uniformly."""
+    return rng.randint(1, HOT_ITEMS)
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> int:
+    """Send one request on a keep-alive connection and read its whole answer: the status."""
+    writer.write(data)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return int(head[9:12])
 
 
 async def _connection_loop(
@@ -133,14 +154,7 @@ async def _connection_loop(
     try:
         while (now := time.perf_counter()) < until:
             n += 1
-            writer.write(_request_bytes(case, host, rng, n))
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
+            status = await exchange(reader, writer, request_bytes(case, host, rng, n, hot_item))
             if now >= warm_until:
                 out["latencies"].append(time.perf_counter() - now)
                 out["statuses"][status] = out["statuses"].get(status, 0) + 1

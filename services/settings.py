@@ -6,11 +6,17 @@ Every field maps to an upper-case environment variable of the same name
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EXPERIMENTS_ALLOWED = "EXPERIMENTS_ALLOWED"
+"""Environment variable the experiments runner sets (to 1) for the stacks it starts."""
+EXPERIMENT_MODES = ("experiment_cache_bypass", "experiment_sync_write")
+"""The settings that switch an experiment-only mode on."""
 
 
 class Settings(BaseSettings):
@@ -138,6 +144,34 @@ class Settings(BaseSettings):
     require_no_swap: bool = Field(
         False, description="refuse to start when the cgroup allows swap (set in Compose)"
     )
+
+    # Experiment-only modes (``python -m loadtest experiments``): never in production.
+    experiment_cache_bypass: bool = Field(
+        False,
+        description="EXPERIMENT ONLY: item reads go straight to PostgreSQL, no cache"
+        f" (needs {EXPERIMENTS_ALLOWED}=1)",
+    )
+    experiment_sync_write: bool = Field(
+        False,
+        description="EXPERIMENT ONLY: orders are written to PostgreSQL inside the request,"
+        f" not queued (needs {EXPERIMENTS_ALLOWED}=1)",
+    )
+
+    @model_validator(mode="after")
+    def _experiment_modes_need_the_runner(self) -> Settings:
+        """Refuse an experiment-only mode unless the experiments runner allowed it.
+
+        A stray ``EXPERIMENT_*`` variable in a deployment must stop the service at start,
+        not silently turn the cache or the queue off during a sale.
+        """
+        on = [name for name in EXPERIMENT_MODES if getattr(self, name)]
+        if on and os.environ.get(EXPERIMENTS_ALLOWED) != "1":
+            raise ValueError(
+                f"experiment-only mode(s) {', '.join(n.upper() for n in on)} are on, but"
+                f" {EXPERIMENTS_ALLOWED}=1 is not set: only `python -m loadtest experiments`"
+                " may switch them on"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -104,7 +104,7 @@ class ApiContext:
                 per_user_limit=settings.per_user_limit,
                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             ),
-            cache=ItemCache(cache_redis, keys, load_items, settings, health),
+            cache=_item_cache_class(settings)(cache_redis, keys, load_items, settings, health),
             stock_reader=CoalescingReader(state_redis),
             publisher=make_publisher(settings),
             sold_out=SoldOutBoard(cache_redis, keys, settings.sold_out_ttl_seconds),
@@ -132,6 +132,15 @@ class ApiContext:
         await self.db_pool.close()
         await self.state_redis.aclose()
         await self.cache_redis.aclose()
+
+
+def _item_cache_class(settings: Settings) -> type[ItemCache]:
+    """The item cache, or the experiment-only reader that bypasses it."""
+    if settings.experiment_cache_bypass:
+        from services.api.experiment_modes import DirectItemReads
+
+        return DirectItemReads
+    return ItemCache
 
 
 def _redis_client(url: str) -> redis.asyncio.Redis:

@@ -53,6 +53,12 @@ from services.worker.app import app as service_app
 
 ROOT = Path(__file__).resolve().parents[2]
 GMP_POOL = "gmpworker.celery:GMPPool"
+ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres")
+"""PostgreSQL's maintenance database, where scratch databases are created."""
+AMQP_HOST = os.environ.get("TEST_AMQP_HOST", "127.0.0.1:5672")
+"""RabbitMQ's host:port, for scratch vhosts."""
+SCRATCH_REDIS_URL = "redis://127.0.0.1:6379/2"
+"""The Redis database scratch runs use, each under a key prefix of its own."""
 
 app = service_app  # ``celery -A services.worker.bench_persist worker``: the service's app...
 app.conf.worker_send_task_events = False  # ...without task events (see the module docstring)
@@ -92,9 +98,9 @@ class Result:
 
 
 @contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
-    """A fresh migrated database; dropped afterwards."""
-    name = f"bench_persist_{uuid.uuid4().hex[:8]}"
+def scratch_database(admin_url: str, prefix: str = "bench_persist") -> Iterator[str]:
+    """A fresh migrated database named ``<prefix>_<random>``; dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
@@ -107,12 +113,13 @@ def scratch_database(admin_url: str) -> Iterator[str]:
 
 
 @contextmanager
-def scratch_vhost(amqp_host: str) -> Iterator[str]:
-    """A fresh RabbitMQ vhost for guest (needs ``rabbitmqctl``); deleted afterwards."""
+def scratch_vhost(amqp_host: str, prefix: str = "bench_persist") -> Iterator[str]:
+    """A fresh RabbitMQ vhost ``<prefix>_<random>`` for guest (needs ``rabbitmqctl``);
+    deleted afterwards."""
     ctl = shutil.which("rabbitmqctl")
     if ctl is None:
         raise SystemExit("rabbitmqctl not found: the benchmark needs a local RabbitMQ")
-    vhost = f"bench_persist_{uuid.uuid4().hex[:8]}"
+    vhost = f"{prefix}_{uuid.uuid4().hex[:8]}"
     subprocess.run([ctl, "-q", "add_vhost", vhost], check=True, capture_output=True)
     subprocess.run(
         [ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
@@ -358,10 +365,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--admin-url",
-        default=os.environ.get("TEST_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres"),
+        default=ADMIN_URL,
     )
-    parser.add_argument("--amqp-host", default=os.environ.get("TEST_AMQP_HOST", "127.0.0.1:5672"))
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/2")
+    parser.add_argument("--amqp-host", default=AMQP_HOST)
+    parser.add_argument("--redis-url", default=SCRATCH_REDIS_URL)
     args = parser.parse_args(argv)
     keys = ("batched", "gmp", "threads", "prefork")
     chosen = keys if args.pools == "all" else tuple(args.pools.split(","))

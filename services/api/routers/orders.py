@@ -14,6 +14,7 @@ from pydantic.json_schema import SkipJsonSchema
 from redis.exceptions import RedisError
 
 from services import db
+from services.api import experiment_modes
 from services.api.dependencies import ApiContext, Context
 from services.api.errors import ApiError, unavailable
 from services.api.redis_sent import forget_sends, may_have_sent
@@ -229,7 +230,10 @@ async def create_order(
     if result.outcome is not Outcome.ACCEPTED:
         raise _reject(result, body)
     assert result.order is not None
-    await _publish_or_cancel(ctx, result.order)
+    if ctx.settings.experiment_sync_write:  # experiment-only: write inside the request
+        await experiment_modes.persist_in_request(ctx, result)
+    else:
+        await _publish_or_cancel(ctx, result.order)
     ORDERS.labels("accepted").inc()
     return OrjsonResponse({"order_id": order_id, "status": "accepted"}, 202)
 
