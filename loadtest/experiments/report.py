@@ -115,6 +115,18 @@ def verdict_rows(outcomes: Sequence[Outcome]) -> list[list[str]]:
     ]
 
 
+def because(outcome: Outcome) -> str:
+    """The verdict in words, from its checks."""
+    met = [c.text for c in outcome.checks if c.passed]
+    missed = [f"{c.text} (measured {number(c.ratio)}x)" for c in outcome.checks if not c.passed]
+    parts = [f"{len(met)} of {len(outcome.checks)} thresholds met"]
+    if met:
+        parts.append("met: " + "; ".join(met))
+    if missed:
+        parts.append("not met: " + "; ".join(missed))
+    return ". ".join(parts) + "."
+
+
 def _section(index: int, outcome: Outcome) -> list[str]:
     lines = [
         f"## {index}. {outcome.title} (`{outcome.name}`): {VERDICT_MARK[outcome.verdict]}",
@@ -141,8 +153,8 @@ def _section(index: int, outcome: Outcome) -> list[str]:
             ),
             "",
         ]
-    if outcome.why:
-        lines += [f"**Why {outcome.verdict}.** {outcome.why}", ""]
+    if outcome.why or outcome.checks:
+        lines += [f"**Why {outcome.verdict}.** {outcome.why or because(outcome)}", ""]
     if outcome.proof:
         proof = json.dumps(outcome.proof, indent=2, default=str)
         lines += ["**Evidence.**", "", "```json", proof, "```", ""]
