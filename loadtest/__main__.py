@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -284,6 +285,8 @@ def cmd_experiments(args: argparse.Namespace, console: Console) -> int:
     if args.list:
         console.print(runner.listing())
         return 0
+    # SIGTERM unwinds like Ctrl-C, so every stack, worker and scratch database is cleaned up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         outcomes, _ = runner.run(
             args.names,
