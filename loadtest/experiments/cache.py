@@ -7,7 +7,7 @@ from pathlib import Path
 
 from loadtest.experiments.drive import Stream, per_second, percentile_ms, window
 from loadtest.experiments.isolated import CATALOG_ITEMS, load_stack
-from loadtest.experiments.model import Metric, Outcome, Variant, judge, ratio_check
+from loadtest.experiments.model import Experiment, Metric, Outcome, Threshold, Variant, compared
 
 NAME = "cache"
 TITLE = "Cache in front of the database"
@@ -18,9 +18,21 @@ CLAIM = (
 CONNECTIONS = 16
 WARMUP_S = 1.0
 """Left out of the latency figures: connections opening, first near-cache fills."""
-FEWER_QUERIES = 20.0
-MORE_THROUGHPUT = 1.2
-LOWER_P99 = 1.0
+THRESHOLDS = (
+    Threshold(
+        "cache off sends >= 20x the item queries per read",
+        ("cache_off", "item_queries_per_read"),
+        ("cache_on", "item_queries_per_read"),
+        20.0,
+    ),
+    Threshold(
+        "cache on serves >= 1.2x the reads/s", ("cache_on", "rps"), ("cache_off", "rps"), 1.2
+    ),
+    Threshold(
+        "cache off's p99 is >= 1x cache on's", ("cache_off", "p99_ms"), ("cache_on", "p99_ms"), 1.0
+    ),
+)
+SERIES = "p99 of the reads started in each second (ms)"
 METRICS = [
     Metric("rps", "reads/s", "req/s", lower_is_better=False),
     Metric("p50_ms", "p50", "ms"),
@@ -68,42 +80,15 @@ def run(quick: bool, workdir: Path) -> Outcome:
     """Both variants, one after the other, under the same load."""
     seconds = 4.0 if quick else 20.0
     variants = [measure(k, label, s, seconds, workdir) for k, label, s in VARIANTS]
-    on, off = (v.figures for v in variants)
-    checks = [
-        ratio_check(
-            f"cache off sends >= {FEWER_QUERIES:g}x the item queries per read",
-            off["item_queries_per_read"],
-            on["item_queries_per_read"],
-            at_least=FEWER_QUERIES,
-        ),
-        ratio_check(
-            f"cache on serves >= {MORE_THROUGHPUT:g}x the reads/s",
-            on["rps"],
-            off["rps"],
-            at_least=MORE_THROUGHPUT,
-        ),
-        ratio_check(
-            f"cache off's p99 is >= {LOWER_P99:g}x cache on's",
-            off["p99_ms"],
-            on["p99_ms"],
-            at_least=LOWER_P99,
-        ),
-    ]
-    return Outcome(
-        name=NAME,
-        title=TITLE,
-        claim=CLAIM,
-        method=(
-            f"{CONNECTIONS} keep-alive connections send GET /items/{{id}} (Zipf over"
-            f" {CATALOG_ITEMS} items) for {WARMUP_S:g} + {seconds:g} s to an isolated native"
-            " stack (2 api processes), once per variant; latency and req/s over the last"
-            f" {seconds:g} s. Database queries are PostgreSQL's own counters (seq + index"
-            " scans of items; commits) around the load, divided by every read sent. An index"
-            " scan for `id = ANY(...)` counts once per id, so a batched load of n items counts n."
-        ),
-        metrics=METRICS,
-        variants=variants,
-        verdict=judge(checks),
-        checks=checks,
-        series_title="p99 of the reads started in each second (ms)",
+    method = (
+        f"{CONNECTIONS} keep-alive connections send GET /items/{{id}} (Zipf over"
+        f" {CATALOG_ITEMS} items) for {WARMUP_S:g} + {seconds:g} s to an isolated native"
+        " stack (2 api processes), once per variant; latency and req/s over the last"
+        f" {seconds:g} s. Database queries are PostgreSQL's own counters (seq + index"
+        " scans of items; commits) around the load, divided by every read sent. An index"
+        " scan for `id = ANY(...)` counts once per id, so a batched load of n items counts n."
     )
+    return compared(EXPERIMENT, method, METRICS, variants, THRESHOLDS, series_title=SERIES)
+
+
+EXPERIMENT = Experiment(NAME, TITLE, CLAIM, run)

@@ -8,7 +8,15 @@ from pathlib import Path
 
 from gmpworker.bench import BLOCK_S, TICK_S
 from loadtest.experiments.micro import measure
-from loadtest.experiments.model import Metric, Outcome, Variant, judge, ratio_check
+from loadtest.experiments.model import (
+    Experiment,
+    Metric,
+    Outcome,
+    Threshold,
+    Variant,
+    compared,
+    ratio_check,
+)
 
 NAME = "handoff"
 TITLE = "Hand-off on a blocking call"
@@ -17,7 +25,14 @@ CLAIM = (
     " a ticker on procs=1 stays on time where asyncio, making the same call, stalls."
 )
 LATENESS_BOUND_MS = 5.0
-BETTER = 10.0
+THRESHOLDS = (
+    Threshold(
+        "asyncio's lateness is >= 10x gmpworker's",
+        ("asyncio", "lateness_p99_ms"),
+        ("gmp1", "lateness_p99_ms"),
+        10.0,
+    ),
+)
 METRICS = [Metric("lateness_p99_ms", "ticker p99 lateness during the storm", "ms")]
 VARIANTS = {
     "isolation.gmp1": ("gmp1", "gmpworker, procs=1, gmp.syscall(time.sleep)"),
@@ -30,38 +45,25 @@ def run(quick: bool, workdir: Path) -> Outcome:
     """The three rows of gmpworker.bench's blocking-storm section, interleaved."""
     rows = measure(list(VARIANTS), quick, workdir / "handoff.json", workdir / "handoff.log")
     variants = [
-        Variant(*VARIANTS[r["key"]], figures={"lateness_p99_ms": r["value"]}, series=[])
+        Variant(*VARIANTS[r["key"]], figures={"lateness_p99_ms": r["value"]})
         for r in rows
         if r["value"] is not None
     ]
-    lateness = {v.key: v.figures["lateness_p99_ms"] for v in variants}
-    checks = [
-        ratio_check(
-            f"asyncio's lateness is >= {BETTER:g}x gmpworker's",
-            lateness.get("asyncio"),
-            lateness.get("gmp1"),
-            at_least=BETTER,
-        ),
-        ratio_check(
-            f"gmpworker's lateness is under {LATENESS_BOUND_MS:g} ms (ratio: bound / measured)",
-            LATENESS_BOUND_MS,
-            lateness.get("gmp1"),
-            at_least=1.0,
-        ),
-    ]
-    return Outcome(
-        name=NAME,
-        title=TITLE,
-        claim=CLAIM,
-        method=(
-            f"gmpworker.bench's blocking-storm rows: a {TICK_S * 1000:g} ms ticker runs while"
-            f" {8 if quick else 64} tasks each block {BLOCK_S * 1000:g} ms in time.sleep; the"
-            " figure is the p99 lateness of the ticks that overlap the storm (median over"
-            " interleaved repeats). asyncio.to_thread is the usual asyncio remedy, shown for"
-            " reference."
-        ),
-        metrics=METRICS,
-        variants=variants,
-        verdict=judge(checks),
-        checks=checks,
+    gmp = next((v.figures["lateness_p99_ms"] for v in variants if v.key == "gmp1"), None)
+    bound = ratio_check(
+        f"gmpworker's lateness is under {LATENESS_BOUND_MS:g} ms (ratio: bound / measured)",
+        LATENESS_BOUND_MS,
+        gmp,
+        at_least=1.0,
     )
+    method = (
+        f"gmpworker.bench's blocking-storm rows: a {TICK_S * 1000:g} ms ticker runs while"
+        f" {8 if quick else 64} tasks each block {BLOCK_S * 1000:g} ms in time.sleep; the"
+        " figure is the p99 lateness of the ticks that overlap the storm (median over"
+        " interleaved repeats). asyncio.to_thread is the usual asyncio remedy, shown for"
+        " reference."
+    )
+    return compared(EXPERIMENT, method, METRICS, variants, THRESHOLDS, [bound])
+
+
+EXPERIMENT = Experiment(NAME, TITLE, CLAIM, run)

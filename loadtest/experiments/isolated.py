@@ -196,6 +196,8 @@ class StackRun:
     """PostgreSQL's counters over the load (published by every backend, see :meth:`Stack.stop`)."""
     metrics: dict[str, float]
     """The api's Prometheus counters over the load."""
+    pending_after: int
+    """Orders accepted and not yet persisted when the load stopped (the queue's backlog)."""
 
 
 def load_stack(
@@ -214,7 +216,9 @@ def load_stack(
         metrics_before = stack.metrics()
         requests = run_plan(plan, stack.port, CATALOG_ITEMS, workdir / f"{name}.json")
         metrics_after = stack.metrics()
+        with redis.Redis.from_url(SCRATCH_REDIS_URL) as client:
+            pending = int(client.zcard(Keys(stack.prefix).pending))
         stack.stop()
         after = database_counters(stack.database_url)
     metrics = {k: v - metrics_before.get(k, 0.0) for k, v in metrics_after.items()}
-    return StackRun(requests, after - before, metrics)
+    return StackRun(requests, after - before, metrics, pending)

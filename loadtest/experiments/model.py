@@ -108,3 +108,53 @@ class Experiment:
     title: str
     claim: str
     run: Callable[[bool, Path], Outcome]
+
+
+FigureRef = tuple[str, str]
+"""``(variant key, figure key)``."""
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A stated threshold between two variants' figures: ``numerator / denominator >=
+    at_least``."""
+
+    text: str
+    numerator: FigureRef
+    denominator: FigureRef
+    at_least: float
+
+    def check(self, variants: Sequence[Variant]) -> Check:
+        """This threshold against the measured variants."""
+        figures = {v.key: v.figures for v in variants}
+
+        def figure(ref: FigureRef) -> float | None:
+            return figures.get(ref[0], {}).get(ref[1])
+
+        return ratio_check(
+            self.text, figure(self.numerator), figure(self.denominator), at_least=self.at_least
+        )
+
+
+def compared(
+    experiment: Experiment,
+    method: str,
+    metrics: list[Metric],
+    variants: list[Variant],
+    thresholds: Sequence[Threshold] = (),
+    extra_checks: Sequence[Check] = (),
+    series_title: str = "",
+) -> Outcome:
+    """The outcome of an experiment whose variants ran: checks and verdict from the figures."""
+    checks = [t.check(variants) for t in thresholds] + list(extra_checks)
+    return Outcome(
+        name=experiment.name,
+        title=experiment.title,
+        claim=experiment.claim,
+        method=method,
+        metrics=metrics,
+        variants=variants,
+        verdict=judge(checks),
+        checks=checks,
+        series_title=series_title,
+    )

@@ -10,7 +10,15 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from loadtest.experiments.model import Metric, Outcome, Variant, judge, ratio_check
+from loadtest.experiments.model import (
+    Experiment,
+    Metric,
+    Outcome,
+    Threshold,
+    Variant,
+    compared,
+    ratio_check,
+)
 from services.settings import get_settings
 from services.worker.bench_persist import (
     ADMIN_URL,
@@ -30,6 +38,20 @@ CLAIM = (
     " pools, with fewer threads and less memory."
 )
 FASTER = 1.5
+THRESHOLDS = (
+    Threshold(
+        "the threads pool runs >= 2x batched gmpworker's threads",
+        ("threads", "peak_threads"),
+        ("batched", "peak_threads"),
+        2.0,
+    ),
+    Threshold(
+        "prefork's peak RSS is >= 2x batched gmpworker's",
+        ("prefork", "peak_rss_mb"),
+        ("batched", "peak_rss_mb"),
+        2.0,
+    ),
+)
 METRICS = [
     Metric("orders_per_s", "orders persisted/s", "orders/s", lower_is_better=False),
     Metric("p99_s", "p99 publish -> commit", "s"),
@@ -76,39 +98,19 @@ def run(quick: bool, workdir: Path) -> Outcome:
         finally:
             clear_redis(SCRATCH_REDIS_URL, prefix)
     batched, threads, prefork = (v.figures for v in variants)
-    best_other = max(threads["orders_per_s"], prefork["orders_per_s"])
-    checks = [
-        ratio_check(
-            f"batched gmpworker persists >= {FASTER:g}x the best other pool's orders/s",
-            batched["orders_per_s"],
-            best_other,
-            at_least=FASTER,
-        ),
-        ratio_check(
-            "the threads pool runs >= 2x batched gmpworker's threads",
-            threads["peak_threads"],
-            batched["peak_threads"],
-            at_least=2.0,
-        ),
-        ratio_check(
-            "prefork's peak RSS is >= 2x batched gmpworker's",
-            prefork["peak_rss_mb"],
-            batched["peak_rss_mb"],
-            at_least=2.0,
-        ),
-    ]
-    return Outcome(
-        name=NAME,
-        title=TITLE,
-        claim=CLAIM,
-        method=(
-            f"services.worker.bench_persist: {orders:,} one-unit orders published to a scratch"
-            f" vhost before one `celery worker` starts with the pool, concurrency"
-            f" {concurrency}, the same scratch database; orders/s from the rows' commit"
-            " times, peak threads and RSS of the worker's process tree sampled every 50 ms."
-        ),
-        metrics=METRICS,
-        variants=variants,
-        verdict=judge(checks),
-        checks=checks,
+    fastest = ratio_check(
+        f"batched gmpworker persists >= {FASTER:g}x the best other pool's orders/s",
+        batched["orders_per_s"],
+        max(threads["orders_per_s"], prefork["orders_per_s"]),
+        at_least=FASTER,
     )
+    method = (
+        f"services.worker.bench_persist: {orders:,} one-unit orders published to a scratch"
+        f" vhost before one `celery worker` starts with the pool, concurrency"
+        f" {concurrency}, the same scratch database; orders/s from the rows' commit"
+        " times, peak threads and RSS of the worker's process tree sampled every 50 ms."
+    )
+    return compared(EXPERIMENT, method, METRICS, variants, THRESHOLDS, [fastest])
+
+
+EXPERIMENT = Experiment(NAME, TITLE, CLAIM, run)

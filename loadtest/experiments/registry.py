@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 from loadtest.experiments import cache, handoff, pools, swap, switch_cost, sync_write, warm_cache
-from loadtest.experiments.model import Experiment
 
 EXPERIMENTS = tuple(
-    Experiment(module.NAME, module.TITLE, module.CLAIM, module.run)
+    module.EXPERIMENT
     for module in (switch_cost, cache, warm_cache, sync_write, pools, handoff, swap)
 )
 """Every experiment, in the report's order."""

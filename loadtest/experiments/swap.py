@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from loadtest.experiments.model import Metric, Outcome, Variant, Verdict
+from loadtest.experiments.model import Experiment, Metric, Outcome, Variant, Verdict
 from loadtest.runner import ROOT
 
 NAME = "swap"
@@ -160,9 +160,9 @@ def run(quick: bool, workdir: Path) -> Outcome:
         ]
     (workdir / "swap.json").write_text(json.dumps(proof, indent=2))
     return Outcome(
-        name=NAME,
-        title=TITLE,
-        claim=CLAIM,
+        name=EXPERIMENT.name,
+        title=EXPERIMENT.title,
+        claim=EXPERIMENT.claim,
         method=(
             "Decided from `docker info` (SwapLimit) and /proc/swaps. The proof: two"
             f" containers of {IMAGE} with {MEMORY} of memory, one with memory+swap equal to"
@@ -175,3 +175,6 @@ def run(quick: bool, workdir: Path) -> Outcome:
         why=reason,
         proof=proof,
     )
+
+
+EXPERIMENT = Experiment(NAME, TITLE, CLAIM, run)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loadtest.experiments.micro import greenlet_missing, measure
-from loadtest.experiments.model import Metric, Outcome, Variant, judge, ratio_check
+from loadtest.experiments.model import Experiment, Metric, Outcome, Variant, compared, ratio_check
 
 NAME = "switch"
 TITLE = "Switch cost: process vs thread vs asyncio task vs gmpworker G"
@@ -69,20 +69,15 @@ def run(quick: bool, workdir: Path) -> Outcome:
         )
         for metric in METRICS
     ]
-    return Outcome(
-        name=NAME,
-        title=TITLE,
-        claim=CLAIM,
-        method=(
-            "gmpworker.bench's own functions, rows interleaved across repeats and the median"
-            " kept, in a process of their own. Ping-pong: one value there and back over"
-            " pipes (processes), SimpleQueue (threads), asyncio.Queue, Chan(0), or a"
-            " switch (greenlet). Memory: tracemalloc growth per parked task, G or greenlet;"
-            " resident-set growth per parked thread; private memory per parked forked"
-            " process (smaps_rollup): each unit by the measure that sees its cost."
-        ),
-        metrics=METRICS,
-        variants=variants,
-        verdict=judge(checks),
-        checks=checks,
+    method = (
+        "gmpworker.bench's own functions, rows interleaved across repeats and the median"
+        " kept, in a process of their own. Ping-pong: one value there and back over"
+        " pipes (processes), SimpleQueue (threads), asyncio.Queue, Chan(0), or a"
+        " switch (greenlet). Memory: tracemalloc growth per parked task, G or greenlet;"
+        " resident-set growth per parked thread; private memory per parked forked"
+        " process (smaps_rollup): each unit by the measure that sees its cost."
     )
+    return compared(EXPERIMENT, method, METRICS, variants, extra_checks=checks)
+
+
+EXPERIMENT = Experiment(NAME, TITLE, CLAIM, run)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from loadtest.experiments.drive import Request, Stream, per_second, percentile_ms, window
 from loadtest.experiments.isolated import load_stack
-from loadtest.experiments.model import Metric, Outcome, Variant, judge, ratio_check
+from loadtest.experiments.model import Experiment, Metric, Outcome, Threshold, Variant, compared
 
 NAME = "queue"
 TITLE = "Queue vs synchronous write"
@@ -20,8 +20,27 @@ READERS = 8
 BASELINE_ORDERS = 2
 SPIKE_ORDERS = 48
 BASELINE_S = 2.0
-MORE_ACCEPTED = 1.2
-LOWER_P99 = 1.2
+THRESHOLDS = (
+    Threshold(
+        "the queue accepts >= 1.2x the orders/s",
+        ("queue", "accepted_per_s"),
+        ("sync", "accepted_per_s"),
+        1.2,
+    ),
+    Threshold(
+        "the synchronous write's order p99 is >= 1.2x the queue's",
+        ("sync", "order_p99_ms"),
+        ("queue", "order_p99_ms"),
+        1.2,
+    ),
+    Threshold(
+        "reads' p99 during the spike is >= 1.2x higher with the synchronous write",
+        ("sync", "read_p99_ms"),
+        ("queue", "read_p99_ms"),
+        1.2,
+    ),
+)
+SERIES = "p99 of the orders started in each second (ms)"
 METRICS = [
     Metric("accepted_per_s", "orders accepted/s at the spike", "orders/s", lower_is_better=False),
     Metric("order_p99_ms", "order p99 at the spike", "ms"),
@@ -29,6 +48,12 @@ METRICS = [
     Metric("read_p99_ms", "read p99 during the spike", "ms"),
     Metric("read_rps", "reads/s during the spike", "req/s", lower_is_better=False),
     Metric("commits", "PostgreSQL commits during the load", "commits", may_be_zero=True),
+    Metric(
+        "pending_after_load",
+        "orders accepted, not yet persisted, when the load stopped",
+        "orders",
+        may_be_zero=True,
+    ),
 ]
 VARIANTS = (
     ("queue", "queue: reserve, publish, 202", {}),
@@ -64,6 +89,7 @@ def measure(
             "read_p99_ms": percentile_ms(reads, 0.99),
             "read_rps": len(reads) / seconds,
             "commits": float(run.database.commits),
+            "pending_after_load": float(run.pending_after),
             "orders_accepted": float(_accepted(every_order)),
             "orders_refused": float(len(every_order) - _accepted(every_order)),
         },
@@ -75,42 +101,15 @@ def run(quick: bool, workdir: Path) -> Outcome:
     """The queue, then the synchronous write, each on a fresh stack under the same load."""
     seconds = 4.0 if quick else 15.0
     variants = [measure(k, label, s, seconds, workdir) for k, label, s in VARIANTS]
-    queue, sync = (v.figures for v in variants)
-    checks = [
-        ratio_check(
-            f"the queue accepts >= {MORE_ACCEPTED:g}x the orders/s",
-            queue["accepted_per_s"],
-            sync["accepted_per_s"],
-            at_least=MORE_ACCEPTED,
-        ),
-        ratio_check(
-            f"the synchronous write's order p99 is >= {LOWER_P99:g}x the queue's",
-            sync["order_p99_ms"],
-            queue["order_p99_ms"],
-            at_least=LOWER_P99,
-        ),
-        ratio_check(
-            f"reads' p99 during the spike is >= {LOWER_P99:g}x higher with the synchronous write",
-            sync["read_p99_ms"],
-            queue["read_p99_ms"],
-            at_least=LOWER_P99,
-        ),
-    ]
-    return Outcome(
-        name=NAME,
-        title=TITLE,
-        claim=CLAIM,
-        method=(
-            f"{READERS} connections read GET /items/{{id}} throughout; orders (POST /orders,"
-            f" a new user each, Zipf-popular items) come from {BASELINE_ORDERS} connections"
-            f" for {BASELINE_S:g} s, then from {SPIKE_ORDERS} for {seconds:g} s (the spike),"
-            " on an isolated native stack per variant (2 api processes, one gmpworker"
-            " worker). The synchronous variant commits each order with the worker's own"
-            " persist_orders() in a thread of the api before answering."
-        ),
-        metrics=METRICS,
-        variants=variants,
-        verdict=judge(checks),
-        checks=checks,
-        series_title="p99 of the orders started in each second (ms)",
+    method = (
+        f"{READERS} connections read GET /items/{{id}} throughout; orders (POST /orders,"
+        f" a new user each, Zipf-popular items) come from {BASELINE_ORDERS} connections"
+        f" for {BASELINE_S:g} s, then from {SPIKE_ORDERS} for {seconds:g} s (the spike),"
+        " on an isolated native stack per variant (2 api processes, one gmpworker"
+        " worker). The synchronous variant commits each order with the worker's own"
+        " persist_orders() in a thread of the api before answering."
     )
+    return compared(EXPERIMENT, method, METRICS, variants, THRESHOLDS, series_title=SERIES)
+
+
+EXPERIMENT = Experiment(NAME, TITLE, CLAIM, run)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from loadtest.experiments.drive import Stream, per_second, percentile_ms, window
 from loadtest.experiments.isolated import CATALOG_ITEMS, Stack, load_stack
-from loadtest.experiments.model import Metric, Outcome, Variant, judge, ratio_check
+from loadtest.experiments.model import Experiment, Metric, Outcome, Threshold, Variant, compared
 
 NAME = "warmup"
 TITLE = "Pre-warmed vs cold cache at the spike"
@@ -18,8 +18,21 @@ CLAIM = (
 )
 CONNECTIONS = 64
 """Every shopper arrives in the same instant: the spike's worst case."""
-FEWER_QUERIES = 10.0
-LOWER_P99 = 1.2
+THRESHOLDS = (
+    Threshold(
+        "the cold spike sends >= 10x the item queries",
+        ("cold", "item_queries"),
+        ("warm", "item_queries"),
+        10.0,
+    ),
+    Threshold(
+        "the cold arrival second's p99 is >= 1.2x the warm one's",
+        ("cold", "p99_arrival_ms"),
+        ("warm", "p99_arrival_ms"),
+        1.2,
+    ),
+)
+SERIES = "p99 of the reads started in each second (ms)"
 METRICS = [
     Metric("p99_arrival_ms", "p99 in the arrival second", "ms"),
     Metric("p99_ms", "p99 over the spike", "ms"),
@@ -79,35 +92,14 @@ def run(quick: bool, workdir: Path) -> Outcome:
     """Warm, then cold, each on a fresh stack under the same spike."""
     seconds = 4.0 if quick else 15.0
     variants = [measure(k, label, prep, seconds, workdir) for k, label, prep in VARIANTS]
-    warm, cold = (v.figures for v in variants)
-    checks = [
-        ratio_check(
-            f"the cold spike sends >= {FEWER_QUERIES:g}x the item queries",
-            cold["item_queries"],
-            warm["item_queries"],
-            at_least=FEWER_QUERIES,
-        ),
-        ratio_check(
-            f"the cold arrival second's p99 is >= {LOWER_P99:g}x the warm one's",
-            cold["p99_arrival_ms"],
-            warm["p99_arrival_ms"],
-            at_least=LOWER_P99,
-        ),
-    ]
-    return Outcome(
-        name=NAME,
-        title=TITLE,
-        claim=CLAIM,
-        method=(
-            f"{CONNECTIONS} connections open at the same instant and read GET /items/{{id}}"
-            f" (Zipf over {CATALOG_ITEMS} items) for {seconds:g} s, on an isolated native"
-            " stack per variant; just before, the warm variant calls POST /admin/warmup and"
-            " the cold one deletes every cached item and clears the near caches. Queries"
-            " are PostgreSQL's counters around the spike (the warm-up's own are before it)."
-        ),
-        metrics=METRICS,
-        variants=variants,
-        verdict=judge(checks),
-        checks=checks,
-        series_title="p99 of the reads started in each second (ms)",
+    method = (
+        f"{CONNECTIONS} connections open at the same instant and read GET /items/{{id}}"
+        f" (Zipf over {CATALOG_ITEMS} items) for {seconds:g} s, on an isolated native"
+        " stack per variant; just before, the warm variant calls POST /admin/warmup and"
+        " the cold one deletes every cached item and clears the near caches. Queries"
+        " are PostgreSQL's counters around the spike (the warm-up's own are before it)."
     )
+    return compared(EXPERIMENT, method, METRICS, variants, THRESHOLDS, series_title=SERIES)
+
+
+EXPERIMENT = Experiment(NAME, TITLE, CLAIM, run)

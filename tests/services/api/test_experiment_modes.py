@@ -4,16 +4,13 @@ inside the request, with no broker at all)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import httpx
 import psycopg
 import pytest
 from apitest_support import CATALOG_STOCK, Api
 from pydantic import ValidationError
 
-from services.api.main import create_app
 from services.settings import EXPERIMENT_MODES, EXPERIMENTS_ALLOWED, Settings
 from tests.support import wait_until
 
@@ -46,12 +43,17 @@ def test_every_mode_is_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-async def _api(settings: Settings) -> AsyncIterator[Api]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield Api(client, app.state.context)
+@pytest.fixture
+def mode() -> dict[str, bool]:
+    """Experiment-only settings to switch on (a test parametrizes it)."""
+    return {}
+
+
+@pytest.fixture
+def settings(settings: Settings, mode: dict[str, bool]) -> Settings:
+    """The api tests' settings with ``mode`` on (set in code: the environment guard does not
+    apply, it is tested above)."""
+    return settings.model_copy(update=mode)
 
 
 def _item_scans(database_url: str) -> int:
@@ -89,33 +91,31 @@ async def _published_item_scans(api: Api, database_url: str) -> int:
     return _item_scans(database_url)
 
 
-async def test_cache_bypass_reads_postgresql_every_time(settings: Settings) -> None:
-    bypass = settings.model_copy(update={"experiment_cache_bypass": True})
-    async for api in _api(bypass):
-        before = await _published_item_scans(api, settings.database_url)
-        for _ in range(3):
-            response = await api.client.get("/items/4")
-            assert response.status_code == 200 and response.json()["id"] == 4
-        assert (await api.client.get("/items/999999")).status_code == 404
-        after = await _published_item_scans(api, settings.database_url)
-        assert after - before == 4  # one query per read, hit or miss, nothing cached
+@pytest.mark.parametrize("mode", [{"experiment_cache_bypass": True}])
+async def test_cache_bypass_reads_postgresql_every_time(api: Api, settings: Settings) -> None:
+    before = await _published_item_scans(api, settings.database_url)
+    for _ in range(3):
+        response = await api.client.get("/items/4")
+        assert response.status_code == 200 and response.json()["id"] == 4
+    assert (await api.client.get("/items/999999")).status_code == 404
+    after = await _published_item_scans(api, settings.database_url)
+    assert after - before == 4  # one query per read, hit or miss, nothing cached
 
 
-async def test_sync_write_commits_the_order_before_answering(settings: Settings) -> None:
+@pytest.mark.parametrize("mode", [{"experiment_sync_write": True}])
+async def test_sync_write_commits_the_order_before_answering(api: Api, settings: Settings) -> None:
     # The broker URL points at a closed port: the order cannot have gone through a queue.
-    sync = settings.model_copy(update={"experiment_sync_write": True})
-    async for api in _api(sync):
-        response = await api.client.post(
-            "/orders", json={"item_id": 5, "quantity": 2, "user_id": "bob"}
-        )
-        assert response.status_code == 202, response.text
-        order_id = response.json()["order_id"]
-        with psycopg.connect(settings.database_url) as conn:
-            row = conn.execute(
-                "SELECT o.quantity, i.stock FROM orders o JOIN items i ON i.id = o.item_id"
-                " WHERE o.order_id = %s",
-                (order_id,),
-            ).fetchone()
-        assert row == (2, CATALOG_STOCK - 2)
-        status = (await api.client.get(f"/orders/{order_id}")).json()
-        assert status["status"] == "persisted"
+    response = await api.client.post(
+        "/orders", json={"item_id": 5, "quantity": 2, "user_id": "bob"}
+    )
+    assert response.status_code == 202, response.text
+    order_id = response.json()["order_id"]
+    with psycopg.connect(settings.database_url) as conn:
+        row = conn.execute(
+            "SELECT o.quantity, i.stock FROM orders o JOIN items i ON i.id = o.item_id"
+            " WHERE o.order_id = %s",
+            (order_id,),
+        ).fetchone()
+    assert row == (2, CATALOG_STOCK - 2)
+    status = (await api.client.get(f"/orders/{order_id}")).json()
+    assert status["status"] == "persisted"
