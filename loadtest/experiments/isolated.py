@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import subprocess
 import tempfile
 import time
@@ -25,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.experiments.drive import Request, Stream, run_plan
 from loadtest.runner import PYTHON, ROOT, RunnerError, free_port
+from services.admin_token import bearer_header
 from services.keys import Keys
 from services.settings import EXPERIMENTS_ALLOWED
 from services.worker.bench_persist import (
@@ -63,10 +65,10 @@ class Stack:
         return totals
 
     def post(self, path: str) -> None:
-        """POST an empty JSON body (e.g. ``/admin/warmup``); raise on an error status."""
-        request = urllib.request.Request(
-            f"{self.base_url}{path}", data=b"{}", headers={"Content-Type": "application/json"}
-        )
+        """POST an empty JSON body to an admin route (e.g. ``/admin/warmup``) with the stack's
+        admin token; raise on an error status."""
+        headers = {"Content-Type": "application/json", **bearer_header(self.env["ADMIN_TOKEN"])}
+        request = urllib.request.Request(f"{self.base_url}{path}", data=b"{}", headers=headers)
         with urllib.request.urlopen(request, timeout=60):
             pass
 
@@ -136,6 +138,7 @@ def native_stack(name: str, settings: dict[str, str]) -> Iterator[Stack]:
             # The reconciler's periodic passes would add their own queries to the
             # database statistics the experiments read.
             "RECONCILE_INTERVAL_SECONDS": "3600",
+            "ADMIN_TOKEN": secrets.token_urlsafe(24),
             EXPERIMENTS_ALLOWED: "1",
             **settings,
         }
