@@ -278,6 +278,8 @@ def cmd_faults(args: argparse.Namespace, console: Console) -> int:
     passed = all(row.passed for row in rows)
     console.print(f"{'[bold green]PASS' if passed else '[bold red]FAIL'}[/]  report: {report}")
     return 0 if passed else 1
+
+
 def cmd_experiments(args: argparse.Namespace, console: Console) -> int:
     """``experiments``: list, or run and report; 1 when an experiment could not be run."""
     from loadtest.experiments import runner

@@ -29,6 +29,7 @@ from loadtest.runner import PYTHON, ROOT, RunnerError, free_port
 from services.admin_token import bearer_header
 from services.keys import Keys
 from services.settings import EXPERIMENTS_ALLOWED
+from services.store import OrderStore
 from services.worker.bench_persist import (
     ADMIN_URL,
     AMQP_HOST,
@@ -220,7 +221,7 @@ def load_stack(
         requests = run_plan(plan, stack.port, CATALOG_ITEMS, workdir / f"{name}.json")
         metrics_after = stack.metrics()
         with redis.Redis.from_url(SCRATCH_REDIS_URL) as client:
-            pending = int(client.zcard(Keys(stack.prefix).pending))
+            pending = OrderStore(client, stack.prefix, per_user_limit=1).pending_count()
         stack.stop()
         after = database_counters(stack.database_url)
     metrics = {k: v - metrics_before.get(k, 0.0) for k, v in metrics_after.items()}
