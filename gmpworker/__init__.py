@@ -1,4 +1,8 @@
-"""gmpworker: Go's G-M-P goroutine scheduler in pure Python (standard library only).
+"""gmpworker: Go's G-M-P goroutine scheduler in Python (standard library only).
+
+Its hot paths have an optional native core in C (``gmpworker._core``, built by
+``pip install``; ``native.py`` says what it covers); ``GMPWORKER_PURE=1`` runs the
+pure-Python reference implementation instead.
 
 The vocabulary of Go's scheduler maps onto this package one to one (Go 1.19
 semantics; each function cites the ``proc.go``/``chan.go``/... function it mirrors):
