@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gmpworker as gmp
+from gmpworker.runtime2 import getg
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -496,3 +497,39 @@ def test_ping_pong_round_trip_is_two_switches() -> None:
     switches, preemptions = run(main)
     # Each round: main parks in pong.recv (the echo G runs), echo parks in ping.recv.
     assert 2 * rounds <= switches <= 2 * rounds + 2 * preemptions, (switches, preemptions)
+
+
+def test_a_preempted_g_yields_at_an_immediate_operation_and_keeps_its_result() -> None:
+    # sysmon's preemption flag makes the next channel operation yield the P once (to the
+    # global queue) even when it completes at once; the operation's result survives it.
+    async def main() -> tuple[list[object], int]:
+        ch: gmp.Chan[int] = gmp.Chan(4)
+        gp = getg()
+        assert gp is not None
+        out: list[object] = []
+        s0 = gmp.stats()["switches"]
+        gp.preempt = True
+        await ch.send(1)
+        gp.preempt = True
+        await ch.send(2)
+        gp.preempt = True
+        out.append(await ch.recv())
+        gp.preempt = True
+        out.append(await ch.recv2())
+        return out, gmp.stats()["switches"] - s0
+
+    out, switches = run(main)
+    assert out == [1, (2, True)]
+    assert switches >= 4  # each operation went through the scheduler once
+
+
+def test_a_channel_operation_is_awaited_once() -> None:
+    async def main() -> None:
+        ch: gmp.Chan[int] = gmp.Chan(1)
+        ch.try_send(5)
+        op = ch.recv()
+        assert await op == 5
+        with pytest.raises(RuntimeError):
+            await op
+
+    run(main)
