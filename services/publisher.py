@@ -152,6 +152,7 @@ class AmqpPublisher(TaskPublisher):
         self._first_attempt = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
         self.last_error: str = "not connected yet"
+        self._last_confirm = 0.0
 
     @property
     def connected(self) -> bool:
@@ -186,9 +187,12 @@ class AmqpPublisher(TaskPublisher):
         try:
             await channel.default_exchange.publish(message, routing_key=queue, timeout=self.timeout)
         except TimeoutError as exc:
-            # No confirm in time: the broker or the link hangs. Treat it as down, so the
-            # next requests fail at once while the keeper reconnects.
-            self._drop(channel, f"no confirm within {self.timeout:.1f}s")
+            if time.monotonic() - self._last_confirm >= self.timeout:
+                # No confirm at all for a whole time-out: the broker or the link hangs.
+                # Treat it as down, so the next requests fail at once while the keeper
+                # reconnects. (Other confirms arriving meanwhile mean a busy process or
+                # broker, not a dead one: then only this message fails.)
+                self._drop(channel, f"no confirm within {self.timeout:.1f}s")
             raise PublishError(f"publish of {name} not confirmed within {self.timeout}s") from exc
         except aio_pika.exceptions.DeliveryError as exc:
             raise PublishError(f"publish of {name} refused by the broker (nack)") from exc
@@ -196,6 +200,7 @@ class AmqpPublisher(TaskPublisher):
             # Connection or channel lost with the message in flight (its fate is unknown;
             # the caller's cancel decides, see ORDER-DESIGN), or the channel already closed.
             raise PublishError(f"publish of {name} failed: {exc!r}") from exc
+        self._last_confirm = time.monotonic()
 
     def _drop(self, channel: aio_pika.abc.AbstractChannel, reason: str) -> None:
         """Forget ``channel`` (if still current) and wake the keeper to reconnect."""
@@ -242,6 +247,7 @@ class AmqpPublisher(TaskPublisher):
         connection.close_callbacks.add(on_close)
         channel.close_callbacks.add(on_close)
         self._channel = channel
+        self._last_confirm = time.monotonic()
         self._first_attempt.set()
         log.info("broker connected; publishing with confirms")
         await lost.wait()

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     publish_threads: int = Field(8, ge=1, description="threads of the `threads` publisher")
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After of a 503")
     order_admission_limit: int = Field(
-        128, ge=1, description="orders in flight per api process; beyond it 503 overloaded"
+        64, ge=1, description="orders in flight per api process; beyond it 503 overloaded"
     )
     read_admission_limit: int = Field(
         512, ge=1, description="item reads in flight per api process; beyond it 503 overloaded"
