@@ -378,3 +378,55 @@ def test_prometheus_finds_every_pod_of_each_job(overlay: tuple[dict[str, Any], .
             }
             assert sd["port"] in ports, (name, sd["port"])
             assert workload["metadata"]["name"] == name
+
+
+def test_autoscaled_deployments_leave_the_count_to_the_autoscaler(
+    overlay: tuple[dict[str, Any], ...],
+) -> None:
+    """A replica count in the manifest of an autoscaled Deployment would reset the
+    autoscaler's count on every ``kubectl apply``."""
+    targets = [
+        o["spec"]["scaleTargetRef"]["name"]
+        for o in overlay
+        if o["kind"] in {"HorizontalPodAutoscaler", "ScaledObject"}
+    ]
+    assert "api" in targets
+    for name in targets:
+        assert "replicas" not in find(overlay, "Deployment", name)["spec"], name
+
+
+def _image_ids(image: str) -> tuple[int, int]:
+    """uid and gid the image's processes run as (its USER)."""
+    proc = subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "sh", image, "-c", "id -u; id -g"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    uid, gid = proc.stdout.split()
+    return int(uid), int(gid)
+
+
+def _image_present(image: str) -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return (
+        subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
+    )
+
+
+def test_pods_run_as_the_images_own_users() -> None:
+    """runAsUser/runAsGroup (and fsGroup, which makes volumes writable) are the numeric ids
+    of each image's USER, read from the built images: Debian's packages (and useradd's
+    group) pick them when an image is built, so the manifests must follow the images."""
+    require(renderer_available(), "kustomize or kubectl is not installed (make system-deps)")
+    objects = render("production")
+    images = sorted({c.spec["image"] for c in containers(objects)})
+    for image in images:
+        require(_image_present(image), f"{image} is not built (make images)")
+    expected = {image: _image_ids(image) for image in images}
+    for c in containers(objects):
+        uid, gid = expected[c.spec["image"]]
+        assert (c.security("runAsUser"), c.security("runAsGroup")) == (uid, gid), c.where
+        assert c.pod["securityContext"].get("fsGroup", gid) == gid, c.where
