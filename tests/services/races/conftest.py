@@ -112,6 +112,12 @@ class Race:
         self.answers.append(answer)
         return answer
 
+    async def heal_redis(self) -> None:
+        """Heal the Redis proxy and wait until the api's Redis breaker closed again (a
+        time-out opens it; its probe closes it)."""
+        self.redis_proxy.heal()
+        await until(lambda: not self.ctx.health.circuit_open("redis"), 15, "the Redis breaker")
+
     async def publisher_connected(self) -> None:
         """Wait until the api's publisher has its confirm channel (through the proxy)."""
         await until(lambda: bool(getattr(self.ctx.publisher, "connected", True)), 15, "publisher")

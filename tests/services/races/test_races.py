@@ -199,7 +199,7 @@ async def test_race6_lost_reservation_reply_gives_the_order_id(race: Race) -> No
     race.redis_proxy.drop_replies()
     answer = await race.order(1, "ann", 2)
     assert (answer.status, answer.code) == (503, "outcome_unknown")
-    race.redis_proxy.heal()
+    await race.heal_redis()
     stored = race.store.get_order(answer.order_id or "")
     assert stored is not None and stored["status"] == Status.ACCEPTED
     assert race.store.get_stocks([1]) == [7]
@@ -215,7 +215,7 @@ async def test_race6_lost_reply_then_a_retry_with_the_key_makes_one_order(race: 
     race.redis_proxy.drop_replies()
     answer = await race.order(1, "ann", 2, "race-six-0001")
     assert (answer.status, answer.code) == (503, "outcome_unknown")
-    race.redis_proxy.heal()
+    await race.heal_redis()
     retry = await race.order(1, "ann", 2, "race-six-0001")
     assert retry.status in (200, 202)
     again = await race.order(1, "ann", 2, "race-six-0001")
