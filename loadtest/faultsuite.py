@@ -335,6 +335,7 @@ COLUMNS = (
     ("duplicated", "dup"),
     ("oversold", "oversold"),
     ("server_errors", "5xx"),
+    ("no_answer", "no answer"),
     ("serving_again_s", "serving again"),
     ("drained_s", "drained"),
     ("recovered", "recovered alone"),

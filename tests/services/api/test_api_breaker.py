@@ -12,14 +12,12 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import pytest
-from apitest_support import Api, sample
+from apitest_support import running_api, sample
 
-from services.api.main import create_app
 from services.settings import Settings
 from tests.netfault import FaultProxy
 
@@ -42,14 +40,20 @@ def proxy_for(fault_proxy: Callable[[str, int], FaultProxy], url: str) -> FaultP
     return fault_proxy(parts.hostname or "127.0.0.1", parts.port or 0)
 
 
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Api]:
-    """The app in-process on ``settings`` (lifespan run)."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield Api(client, app.state.context)
+running = contextlib.asynccontextmanager(running_api)
+"""The app on some settings, as an ``async with`` block."""
+
+
+def proxied(settings: Settings, field: str, proxy: FaultProxy, probe_interval: float) -> Settings:
+    """``settings`` with the URL ``field`` through ``proxy``, probing at ``probe_interval``,
+    and no near cache (every read goes to the caches under test)."""
+    return settings.model_copy(
+        update={
+            field: through(proxy, getattr(settings, field)),
+            "breaker_probe_interval_seconds": probe_interval,
+            "near_cache_ttl_seconds": 0,
+        }
+    )
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -75,11 +79,7 @@ def state_proxy(fault_proxy: Callable[[str, int], FaultProxy], settings: Setting
 async def test_orders_get_503_without_touching_a_state_redis_known_down(
     settings: Settings, state_proxy: FaultProxy
 ) -> None:
-    proxied = settings.model_copy(
-        update={"redis_url": through(state_proxy, settings.redis_url),
-                "breaker_probe_interval_seconds": NEVER}
-    )  # fmt: skip
-    async with running(proxied) as api:
+    async with running(proxied(settings, "redis_url", state_proxy, NEVER)) as api:
         state_proxy.refuse()
         first = await api.client.post("/orders", json=order())
         assert first.status_code == 503, first.text
@@ -108,11 +108,7 @@ async def test_orders_get_503_without_touching_a_state_redis_known_down(
 async def test_a_probe_closes_the_breaker_once_redis_answers_again(
     settings: Settings, state_proxy: FaultProxy
 ) -> None:
-    proxied = settings.model_copy(
-        update={"redis_url": through(state_proxy, settings.redis_url),
-                "breaker_probe_interval_seconds": 0.05}
-    )  # fmt: skip
-    async with running(proxied) as api:
+    async with running(proxied(settings, "redis_url", state_proxy, 0.05)) as api:
         breaker = api.ctx.breakers["redis"]
         state_proxy.refuse()
         assert (await api.client.post("/orders", json=order())).status_code == 503
@@ -132,11 +128,7 @@ async def test_reads_go_to_postgres_without_touching_a_cache_known_down(
     settings: Settings, fault_proxy: Callable[[str, int], FaultProxy]
 ) -> None:
     cache_proxy = proxy_for(fault_proxy, settings.cache_redis_url)
-    proxied = settings.model_copy(
-        update={"cache_redis_url": through(cache_proxy, settings.cache_redis_url),
-                "breaker_probe_interval_seconds": NEVER, "near_cache_ttl_seconds": 0}
-    )  # fmt: skip
-    async with running(proxied) as api:
+    async with running(proxied(settings, "cache_redis_url", cache_proxy, NEVER)) as api:
         cache_proxy.refuse()
         first = await api.client.get("/items/1")
         assert first.status_code == 200, first.text
@@ -156,11 +148,7 @@ async def test_database_known_down_is_503_without_asking_the_pool(
     settings: Settings, fault_proxy: Callable[[str, int], FaultProxy]
 ) -> None:
     db_proxy = proxy_for(fault_proxy, settings.database_url)
-    proxied = settings.model_copy(
-        update={"database_url": through(db_proxy, settings.database_url),
-                "breaker_probe_interval_seconds": NEVER, "near_cache_ttl_seconds": 0}
-    )  # fmt: skip
-    async with running(proxied) as api:
+    async with running(proxied(settings, "database_url", db_proxy, NEVER)) as api:
         db_proxy.refuse()
         # Item 7 is in no cache yet: the read needs the database, which is down.
         first = await api.client.get("/items/7")
