@@ -2,26 +2,22 @@
 
 Each test drives the real api (in-process) through TCP fault proxies in front of the real
 Redis and RabbitMQ, the worker's own functions in-process (held between claim and commit
-by a :class:`~conftest.Gate`), and ends on :meth:`~conftest.Race.check`'s invariants.
+by a :class:`~race_support.Gate`), and ends on :meth:`~race_support.Race.check`'s invariants.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
+from race_support import Gate, Race, until
 
 from services.catalog import warmup
 from services.store import Status
 from services.worker import tasks
 from services.worker.context import WorkerContext
 from services.worker.items import ItemUpdate, apply_update
-
-if TYPE_CHECKING:  # fixtures' types, from this directory's conftest
-    from conftest import Race
-
-from conftest import Gate, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 

@@ -16,19 +16,17 @@ import itertools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
+from race_support import Race
 
 from services.keys import new_order_id
 from services.store import Outcome, Status, task_payload
 from services.worker.items import ItemUpdate, apply_update, recorded_delta, shift_redis_stock
-
-if TYPE_CHECKING:  # fixtures' types, from this directory's conftest
-    from conftest import Race
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
 
