@@ -81,6 +81,21 @@ async def test_race2_worker_first_then_the_confirm_times_out(race: Race) -> None
     await race.check()
 
 
+async def test_publish_and_cancel_both_fail_the_order_stands(race: Race) -> None:
+    """The confirm is late and Redis is gone when the api tries to cancel: the order is
+    still reserved, so the answer is 202 (true); its message and the reconciler's copy
+    persist it once."""
+    request, message = await held_publish(race, 2, "both-fail-001")
+    race.redis_proxy.refuse()
+    answer = await request
+    assert (answer.status, answer.order_id) == (202, message["order_id"])
+    race.broker_proxy.heal()
+    await race.heal_redis()
+    outcome = race.commit([message, message])
+    assert [o.order_id for o in outcome.result.inserted] == [message["order_id"]]
+    await race.check()
+
+
 def apply_item_update(worker: WorkerContext, update: dict[str, Any], monkeypatch: Any) -> str:
     """The worker's ``apply_item_update`` task body, run in-process on ``worker``."""
     monkeypatch.setattr(tasks, "get_context", lambda: worker)
