@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,6 +47,8 @@ from services.migrate import ensure_database, migrate
 from services.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+METRICS_DIR_PREFIX = "prom-"
+"""The api's Prometheus multiprocess folders in the run directory: ``prom-<random>``."""
 READY_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 20.0
 
@@ -211,7 +214,7 @@ def start_services(ports: Ports, directory: Path, token: admin_token.AdminToken)
         raise StackError(f"port(s) {busy} already in use: is another stack running?")
     logs = directory / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    multiproc = tempfile.mkdtemp(prefix="prom-", dir=directory)
+    multiproc = tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX, dir=directory)
     heartbeat = directory / "worker-heartbeat"
     heartbeat.unlink(missing_ok=True)
     base = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
@@ -265,7 +268,8 @@ def wait_ready(state: StackState, timeout: float = READY_TIMEOUT_SECONDS) -> Non
 
 
 def stop_services(state: StackState) -> None:
-    """SIGTERM each service (api first, worker last so it finishes its tasks), then SIGKILL."""
+    """SIGTERM each service (api first, worker last so it finishes its tasks), then SIGKILL;
+    then remove the api's metrics folder."""
     for service in state.services:
         service.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
@@ -277,6 +281,17 @@ def stop_services(state: StackState) -> None:
             service.signal_group(signal.SIGKILL)
         _reap(service.pid)
         console.print(f"[green]stopped[/] {service.name}")
+    # The api's per-process metric files mean nothing once it is gone.
+    shutil.rmtree(state.multiproc_dir, ignore_errors=True)
+
+
+def remove_leftover_metrics_dirs(directory: Path) -> None:
+    """Metrics folders that stacks killed before their ``down`` left in ``directory``.
+
+    Only called when no stack of this run directory runs, so none of them is in use.
+    """
+    for leftover in directory.glob(f"{METRICS_DIR_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _reap(pid: int) -> None:
@@ -352,6 +367,7 @@ def up(detach: bool) -> int:
         raise StackError(
             f"a stack is already running ({state_file}): python -m services.stack down"
         )
+    remove_leftover_metrics_dirs(directory)
     settings = get_settings()
     prepare(settings)
     token = admin_token.for_launcher(settings.admin_token, directory)

@@ -55,7 +55,13 @@ def stack(
 
 @pytest.fixture
 def running_stack(stack_env: dict[str, str]) -> Iterator[tuple[dict[str, str], str]]:
-    """A detached stack and the output of ``up``; brought down (or killed) afterwards."""
+    """A detached stack and the output of ``up``; brought down (or killed) afterwards.
+
+    A metrics folder that a killed stack left behind waits in the run directory.
+    """
+    leftover = Path(stack_env["STACK_RUN_DIR"]) / "prom-leftover"
+    leftover.mkdir(parents=True)
+    (leftover / "counter_1234.db").write_bytes(b"stale")
     started = stack(stack_env, "up", "--detach")
     state_file = Path(stack_env["STACK_RUN_DIR"]) / "stack.json"
     try:
@@ -109,12 +115,16 @@ def test_up_detach_serves_orders_end_to_end_and_down_stops_it(
     assert status.returncode == 0, status.stdout
     assert "running" in status.stdout
 
-    state = json.loads((Path(env["STACK_RUN_DIR"]) / "stack.json").read_text())
+    run_dir = Path(env["STACK_RUN_DIR"])
+    state = json.loads((run_dir / "stack.json").read_text())
+    assert [p.name for p in run_dir.glob("prom-*")] == [Path(state["multiproc_dir"]).name]
+    assert any(Path(state["multiproc_dir"]).iterdir()), "the api wrote no metrics files"
     stopped = stack(env, "down", timeout=90)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     for service in state["services"]:
         assert not Path(f"/proc/{service['pid']}").exists() or _is_zombie(service["pid"])
     assert stack(env, "status").returncode == 1
+    assert not list(run_dir.glob("prom-*")), "down left the metrics folder behind"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{api}/healthz")
 
