@@ -101,14 +101,18 @@ class LiveStack:
                 proc.kill()
                 proc.wait(timeout=5)
 
-    def load(self, seconds: float, users: int = 3) -> dict[int, int]:
+    def load(
+        self, seconds: float, users: int = 3, stop: threading.Event | None = None
+    ) -> dict[int, int]:
         """``users`` concurrent clients reading (hits, misses, unknown ids) and ordering for
-        ``seconds``, so orders queue up and the worker's Gs pile onto run queues; status counts.
+        ``seconds`` or until ``stop`` is set, so orders queue up and the worker's Gs pile
+        onto run queues; status counts.
         """
         # One Counter per thread: Counter.update is not atomic across threads.
         per_user: list[Counter[int]] = [Counter() for _ in range(users)]
+        stop = stop or threading.Event()
         threads = [
-            threading.Thread(target=self._user, args=(u, seconds, per_user[u]))
+            threading.Thread(target=self._user, args=(u, seconds, stop, per_user[u]))
             for u in range(users)
         ]
         for thread in threads:
@@ -117,11 +121,30 @@ class LiveStack:
             thread.join()
         return dict(sum(per_user, Counter()))
 
-    def _user(self, user: int, seconds: float, statuses: Counter[int]) -> None:
+    @contextlib.contextmanager
+    def loaded(self, max_seconds: float) -> Iterator[dict[int, int]]:
+        """:meth:`load` in the background while the block runs (``max_seconds`` at most):
+        a test waits for its condition instead of for a fixed load. The yielded status
+        counts are filled in when the block ends."""
+        statuses: dict[int, int] = {}
+        stop = threading.Event()
+        loader = threading.Thread(
+            target=lambda: statuses.update(self.load(max_seconds, stop=stop)), daemon=True
+        )
+        loader.start()
+        try:
+            yield statuses
+        finally:
+            stop.set()
+            loader.join()
+
+    def _user(
+        self, user: int, seconds: float, stop: threading.Event, statuses: Counter[int]
+    ) -> None:
         deadline = time.monotonic() + seconds
         n = user * 1_000_000
         with httpx.Client(base_url=self.api_url, timeout=5.0) as client:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not stop.is_set():
                 n += 1
                 item = 1 + (n * 7) % DEMO_ITEMS
                 responses = [
