@@ -121,6 +121,7 @@ class ComposeStack:
         self.env = dict(env or {})
         self.compose_files = [COMPOSE_FILE] + ([DATASTORES_FILE] if expose_datastores else [])
         self._env_file = Path(tempfile.gettempdir()) / f"flashsale-compose-{self.project}.env"
+        self._admin_token: admin_token.AdminToken | None = None
         self.docker = self.client()
 
     def client(self, profiles: Sequence[str] = ()) -> DockerClient:
@@ -147,13 +148,15 @@ class ComposeStack:
 
     def ensure_admin_token(self) -> admin_token.AdminToken:
         """Give the api an admin token: ``env``'s, the environment's or ``.env``'s
-        ``ADMIN_TOKEN``, else the one kept in ``.run/admin-token`` (created when missing)."""
-        given = self.env.get("ADMIN_TOKEN")
-        setting = SecretStr(given) if given else Settings(_env_file=ROOT / ".env").admin_token
-        token = admin_token.for_launcher(setting, RUN_DIR)
-        self.env["ADMIN_TOKEN"] = token.value
-        self.docker = self.client()
-        return token
+        ``ADMIN_TOKEN``, else the one kept in ``.run/admin-token`` (created when missing).
+        Decided once per stack object."""
+        if self._admin_token is None:
+            given = self.env.get("ADMIN_TOKEN")
+            setting = SecretStr(given) if given else Settings(_env_file=ROOT / ".env").admin_token
+            self._admin_token = admin_token.for_launcher(setting, RUN_DIR)
+            self.env["ADMIN_TOKEN"] = self._admin_token.value
+            self.docker = self.client()
+        return self._admin_token
 
     # --- lifecycle ---------------------------------------------------------------------------
 
