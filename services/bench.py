@@ -17,6 +17,11 @@ four cases in turn from a separate load-generator process:
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams (httpx
 would cost more CPU than the server on a small machine). It prints req/s, p50 and p99
 per case and each case's ratio to the floor.
+
+    python -m services.bench orders [--seconds 10]
+
+is the order path under ``wrk`` instead (old and new publisher, 1,024 connections with
+admission control, sold-out orders): see :mod:`services.bench_orders`.
 """
 
 from __future__ import annotations
