@@ -16,10 +16,13 @@
  *                 with am_send, so an operation that completes at once runs no
  *                 Python frame and returns without any scheduler round trip
  *
- * The records (G, sudog, P, M, schedt, Chan) stay the Python classes of
+ *   g, sudog      Go's records as C structs (runtime2.G and GHandle subclass g
+ *                 with no slots of their own; runtime2.sudog is sudog)
+ *
+ * The other records (P, M, schedt, Chan) stay the Python classes of
  * runtime2.py/chan.py: they use __slots__, i.e. CPython lays them out as C
- * structs of object pointers, and this module reads and writes those fields
- * through the member offsets it looks up once (bind()). Everything that holds
+ * structs of object pointers too, and this module reads and writes every record's
+ * fields through the member offsets it looks up once (bind()). Everything that holds
  * the GIL without calling back into Python is atomic, which is what Go's CAS
  * and lock-free ring operations need; the channel locks are the same
  * _thread locks the Python code takes (select.py, close, try_send), taken here
@@ -210,6 +213,174 @@ check_layout(PyObject *self, PyObject *noargs)
     }
     Py_RETURN_NONE;
 }
+
+/* ---------------------------------------------------------------------------
+ * g and sudog: Go's records (runtime2.go) as C structs. runtime2.G (and its base
+ * GHandle) subclass g with no slots of their own, and runtime2.sudog is sudog, when
+ * the core is in use; the pure runtime declares the same fields as __slots__. The
+ * fields are object pointers either way, so the code below reaches them by the
+ * member offsets bind() reads, whichever implementation defined them. */
+
+typedef struct {
+    PyObject_HEAD
+    /* GHandle's part: the outcome and the handle's state */
+    PyObject *goid, *status, *preempt, *_result, *_exc, *_waiters, *_cancelreq, *_throwexc;
+    /* the scheduler's part */
+    PyObject *coro, *ctx, *exc, *m, *param, *sched, *timer, *waitabort, *waiting, *waitlock,
+        *waitreason, *waitunlockf;
+    PyObject *weakreflist;
+} gobject;
+
+#define G_MEMBER(name, doc) {#name, T_OBJECT_EX, offsetof(gobject, name), 0, doc}
+
+static PyMemberDef g_members[] = {
+    G_MEMBER(goid, "The goroutine id."),
+    G_MEMBER(status, "_Grunnable, _Grunning, ... (Go's values)."),
+    G_MEMBER(preempt, "Yield at the next trap (sysmon, cancel, throw)."),
+    G_MEMBER(_result, "The return value once dead."),
+    G_MEMBER(_exc, "The escaping exception once dead."),
+    G_MEMBER(_waiters, "Gs, thread locks and callbacks waiting for the G, or None."),
+    G_MEMBER(_cancelreq, "GHandle.cancel() was called."),
+    G_MEMBER(_throwexc, "GHandle.throw()'s exception until delivered."),
+    G_MEMBER(coro, "The G's coroutine."),
+    G_MEMBER(ctx, "The G's contextvars.Context."),
+    G_MEMBER(exc, "An exception to throw into the G at its next resume."),
+    G_MEMBER(m, "The M running the G, or None."),
+    G_MEMBER(param, "What a waker hands the G (Go's gp.param)."),
+    G_MEMBER(sched, "The runtime's schedt."),
+    G_MEMBER(timer, "The G's sleep timer."),
+    G_MEMBER(waitabort, "How GHandle.cancel pulls the parked G off its wait queue."),
+    G_MEMBER(waiting, "What the G is parked on (Go's gp.waiting)."),
+    G_MEMBER(waitlock, "gopark's lock, released once the G waits."),
+    G_MEMBER(waitreason, "Go's waitReason string."),
+    G_MEMBER(waitunlockf, "gopark's unlockf, run once the G waits."),
+    {NULL}};
+
+#define G_FIELDS(X)                                                                         \
+    X(goid) X(status) X(preempt) X(_result) X(_exc) X(_waiters) X(_cancelreq) X(_throwexc)   \
+    X(coro) X(ctx) X(exc) X(m) X(param) X(sched) X(timer) X(waitabort) X(waiting)           \
+    X(waitlock) X(waitreason) X(waitunlockf)
+
+static int
+g_traverse(gobject *g, visitproc visit, void *arg)
+{
+#define VISIT(f) Py_VISIT(g->f);
+    G_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int
+g_clear(gobject *g)
+{
+#define CLEAR(f) Py_CLEAR(g->f);
+    G_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void
+g_dealloc(gobject *g)
+{
+    PyObject_GC_UnTrack(g);
+    if (g->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)g);
+    g_clear(g);
+    Py_TYPE(g)->tp_free((PyObject *)g);
+}
+
+static PyTypeObject g_type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gmpworker._core.g",
+    .tp_basicsize = sizeof(gobject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Go's g (runtime2.go) as a C struct: the base of runtime2.GHandle and G.",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)g_dealloc,
+    .tp_traverse = (traverseproc)g_traverse,
+    .tp_clear = (inquiry)g_clear,
+    .tp_weaklistoffset = offsetof(gobject, weakreflist),
+    .tp_members = g_members,
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *g, *elem, *c, *isSelect, *seldone, *success;
+} sudogobject;
+
+static PyMemberDef sudog_members[] = {
+    {"g", T_OBJECT_EX, offsetof(sudogobject, g), 0, "The waiting G."},
+    {"elem", T_OBJECT_EX, offsetof(sudogobject, elem), 0, "The value sent or received."},
+    {"c", T_OBJECT_EX, offsetof(sudogobject, c), 0, "The channel."},
+    {"isSelect", T_OBJECT_EX, offsetof(sudogobject, isSelect), 0, "Part of a select."},
+    {"seldone", T_OBJECT_EX, offsetof(sudogobject, seldone), 0,
+     "The select's selectDone word: a list, non-empty while nobody won the select."},
+    {"success", T_OBJECT_EX, offsetof(sudogobject, success), 0,
+     "The wake-up came from a send/receive (False: from close)."},
+    {NULL}};
+
+static int
+sudog_traverse(sudogobject *sg, visitproc visit, void *arg)
+{
+    Py_VISIT(sg->g);
+    Py_VISIT(sg->elem);
+    Py_VISIT(sg->c);
+    Py_VISIT(sg->seldone);
+    return 0;
+}
+
+static int
+sudog_clear(sudogobject *sg)
+{
+    Py_CLEAR(sg->g);
+    Py_CLEAR(sg->elem);
+    Py_CLEAR(sg->c);
+    Py_CLEAR(sg->isSelect);
+    Py_CLEAR(sg->seldone);
+    Py_CLEAR(sg->success);
+    return 0;
+}
+
+static void
+sudog_dealloc(sudogobject *sg)
+{
+    PyObject_GC_UnTrack(sg);
+    sudog_clear(sg);
+    Py_TYPE(sg)->tp_free((PyObject *)sg);
+}
+
+/* sudog(g, elem, c, isSelect, seldone), as runtime2.sudog's constructor. */
+static PyObject *
+sudog_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"g", "elem", "c", "isSelect", "seldone", NULL};
+    PyObject *g, *elem, *c, *isSelect, *seldone;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO:sudog", kwlist, &g, &elem, &c,
+                                     &isSelect, &seldone))
+        return NULL;
+    sudogobject *sg = (sudogobject *)type->tp_alloc(type, 0);
+    if (sg == NULL)
+        return NULL;
+    sg->g = Py_NewRef(g);
+    sg->elem = Py_NewRef(elem);
+    sg->c = Py_NewRef(c);
+    sg->isSelect = Py_NewRef(isSelect);
+    sg->seldone = Py_NewRef(seldone);
+    sg->success = Py_NewRef(Py_False);
+    return (PyObject *)sg;
+}
+
+static PyTypeObject sudog_ctype = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gmpworker._core.sudog",
+    .tp_basicsize = sizeof(sudogobject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Go's sudog (runtime2.go) as a C struct: a G waiting on one channel.\n\n"
+              "sudog(g, elem, c, isSelect, seldone); one per channel a G waits on.",
+    .tp_new = sudog_new,
+    .tp_dealloc = (destructor)sudog_dealloc,
+    .tp_traverse = (traverseproc)sudog_traverse,
+    .tp_clear = (inquiry)sudog_clear,
+    .tp_members = sudog_members,
+};
 
 /* ---------------------------------------------------------------------------
  * runq: the local run queue of a P (Go's runq [256]guintptr, runqhead, runqtail,
@@ -1609,7 +1780,8 @@ static struct PyModuleDef coremodule = {
 PyMODINIT_FUNC
 PyInit__core(void)
 {
-    if (PyType_Ready(&runq_type) < 0 || PyType_Ready(&chanop_type) < 0)
+    if (PyType_Ready(&runq_type) < 0 || PyType_Ready(&chanop_type) < 0 ||
+        PyType_Ready(&g_type) < 0 || PyType_Ready(&sudog_ctype) < 0)
         return NULL;
     PyObject *collections = PyImport_ImportModule("collections");
     if (collections == NULL)
@@ -1632,9 +1804,9 @@ PyInit__core(void)
     PyObject *mod = PyModule_Create(&coremodule);
     if (mod == NULL)
         return NULL;
-    Py_INCREF(&runq_type);
-    if (PyModule_AddObject(mod, "runq", (PyObject *)&runq_type) < 0) {
-        Py_DECREF(&runq_type);
+    if (PyModule_AddObjectRef(mod, "runq", (PyObject *)&runq_type) < 0 ||
+        PyModule_AddObjectRef(mod, "g", (PyObject *)&g_type) < 0 ||
+        PyModule_AddObjectRef(mod, "sudog", (PyObject *)&sudog_ctype) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

@@ -12,11 +12,13 @@ queue (``runq``: the 256-slot ring plus ``runnext``, one C struct per P) with
 ``go()``; ``goexit``'s common case; the M loop ``schedule`` (``execute`` resumes
 the G's coroutine with ``PyIter_Send``; ``park_m``'s common commit); and the
 blocking channel operations ``Chan.send``/``recv``/``recv2``/``__anext__``
-(``chansend``/``chanrecv``, direct hand-off to a parked partner). Everything else
-(``findRunnable``, stealing, timers, syscalls, sysmon, ``select``, ``close``,
-``try_send``/``try_recv``, sync) is the same Python code in both modes. G, sudog,
-P, M and Chan stay the Python classes (``__slots__`` records); the C code reads
-and writes their fields by slot offset.
+(``chansend``/``chanrecv``, direct hand-off to a parked partner); and the G and
+sudog records as C structs (``_core.g``, the base of ``runtime2.GHandle``/``G``,
+and ``_core.sudog``). Everything else (``findRunnable``, stealing, timers,
+syscalls, sysmon, ``select``, ``close``, ``try_send``/``try_recv``, sync) is the
+same Python code in both modes. P, M, schedt and Chan stay the Python classes
+(``__slots__`` records); the C code reads and writes every record's fields by
+member offset.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Scheduler records: G, M, P, sudog and schedt, with Go's state constants.
 
 Mirrors ``runtime/runtime2.go`` (Go 1.19). Every record uses ``__slots__`` so a
-parked G costs a few hundred bytes (Go's starting stack is 2 KB). Field names are
+parked G costs a few hundred bytes (Go's starting stack is 2 KB); with the native
+core, G and sudog are C structs with the same fields (``_core.g``, ``_core.sudog``). Field names are
 Go's; fields Go has but a Python port cannot use (stack bounds, GC state) are left out.
 """
 
@@ -141,7 +142,39 @@ def _abortWait(gp: G) -> bool:
     return True
 
 
-class GHandle:
+# Go's g and sudog records. The pure runtime declares their fields as __slots__ here;
+# with the native core they are C structs (``_core.g``, the base of GHandle and G, and
+# ``_core.sudog``) with the same fields, and these classes add no slots of their own.
+_GHANDLE_FIELDS = (
+    "_cancelreq",
+    "_exc",
+    "_result",
+    "_throwexc",
+    "_waiters",
+    "goid",
+    "preempt",
+    "status",
+)
+_G_FIELDS = (
+    "coro",
+    "ctx",
+    "exc",
+    "m",
+    "param",
+    "sched",
+    "timer",
+    "waitabort",
+    "waiting",
+    "waitlock",
+    "waitreason",
+    "waitunlockf",
+)
+G_FIELDS = _GHANDLE_FIELDS + _G_FIELDS
+"""Every field of a G (GHandle's and G's), whichever implementation holds them."""
+_GRecord: Any = object if core is None else core.g
+
+
+class GHandle(_GRecord):  # type: ignore[misc]
     """What ``go()``/``Runtime.submit()`` return: the G itself, seen as a handle.
 
     ``goid``, ``done()``, ``result(timeout)`` (from foreign threads), ``await h`` /
@@ -153,16 +186,7 @@ class GHandle:
 
     # goid, status and preempt are the G's own fields, declared here because the
     # handle methods use them.
-    __slots__ = (
-        "_cancelreq",
-        "_exc",
-        "_result",
-        "_throwexc",
-        "_waiters",
-        "goid",
-        "preempt",
-        "status",
-    )
+    __slots__ = _GHANDLE_FIELDS if core is None else ()
     goid: int
     preempt: bool
     status: int
@@ -277,7 +301,7 @@ class GHandle:
         self.preempt = True
         from .proc import ready_interrupted
 
-        ready_interrupted(self, None)  # type: ignore[arg-type]
+        ready_interrupted(self, None)
         return True
 
     def _interruptpending(self) -> bool:
@@ -322,7 +346,7 @@ class GHandle:
             if isinstance(w, GHandle):
                 from .proc import goready
 
-                goready(w, pp)  # type: ignore[arg-type]
+                goready(w, pp)
             elif type(w) is _LockType:
                 w.release()
             else:
@@ -346,21 +370,7 @@ class G(GHandle):
     the G at its next resume instead.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "coro",
-        "ctx",
-        "exc",
-        "m",
-        "param",
-        "sched",
-        "timer",
-        "waitabort",
-        "waiting",
-        "waitlock",
-        "waitreason",
-        "waitunlockf",
-    )
+    __slots__ = ("__weakref__", *_G_FIELDS) if core is None else ()
 
     def __init__(self, sched: schedt, goid: int, coro: Coroutine[Any, Any, Any]) -> None:
         self.sched = sched
@@ -511,7 +521,10 @@ class P:
 
 
 class sudog:
-    """A G waiting on a channel (Go's ``sudog``); one per channel a G waits on."""
+    """A G waiting on a channel (Go's ``sudog``); one per channel a G waits on.
+
+    With the native core, ``runtime2.sudog`` is ``_core.sudog``, the same record in C.
+    """
 
     __slots__ = ("c", "elem", "g", "isSelect", "seldone", "success")
 
@@ -524,6 +537,10 @@ class sudog:
         # atomic, so it is the CAS(&gp.selectDone, 0, 1) of waitq.dequeue.
         self.seldone = seldone
         self.success = False
+
+
+if core is not None:
+    sudog = core.sudog  # type: ignore[misc]
 
 
 class Counters:

@@ -19,7 +19,7 @@ from gmp_guard import no_leaked_threads  # noqa: F401
 
 import gmpworker as gmp
 from gmpworker import native, proc
-from gmpworker.runtime2 import LOCAL_RUNQ_CAP, G, GHandle, P, schedt
+from gmpworker.runtime2 import G_FIELDS, LOCAL_RUNQ_CAP, G, P, schedt, sudog
 from tests.support import require
 
 pytestmark = pytest.mark.timeout(600)
@@ -37,6 +37,11 @@ def test_implementation_follows_gmpworker_pure() -> None:
     assert native.IMPLEMENTATION == "native"
     assert type(P(schedt(1, 1, True), 0).runq).__module__ == "gmpworker._core"
     assert type(gmp.Chan.send).__name__ == "method_descriptor"
+    # g and sudog are C structs with exactly the pure runtime's fields.
+    core = native.core
+    assert core is not None and G.__mro__[2] is core.g and sudog is core.sudog
+    members = {k for k, v in vars(core.g).items() if type(v).__name__ == "member_descriptor"}
+    assert members == set(G_FIELDS)
 
 
 def test_whole_gmpworker_suite_passes_on_the_pure_runtime_too() -> None:
@@ -124,7 +129,7 @@ def test_goready_puts_the_g_in_runnext(pgs: tuple[schedt, P, list[G]]) -> None:
 
 def test_a_spawned_g_has_every_field_g_init_sets() -> None:
     # The native newproc fills the G record in C: it must match G.__init__ exactly.
-    slots = [s for cls in (GHandle, G) for s in cls.__slots__ if s != "__weakref__"]
+    slots = G_FIELDS
 
     async def main() -> tuple[dict[str, object], dict[str, object]]:
         h = gmp.go(_body)
