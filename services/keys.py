@@ -23,8 +23,8 @@ State keys (on ``REDIS_URL``; never evicted, no TTL except the idempotency keys)
   ``persisting``), scored by acceptance time in ms; the reconciler reads it.
 - ``{p}idem:<key>`` (the only state key without an item tag): the request an
   ``Idempotency-Key`` is bound to, ``<item_id>:<user_id>:<quantity>`` (TTL). Written with
-  ``SET NX`` before the reservation, it makes a key reused for another *item* a 422
-  even though the per-item records of two items live in different slots.
+  ``SET NX`` in the reservation's pipeline, it makes a key reused for another *item* a
+  422 even though the per-item records of two items live in different slots.
 
 Order ids are findable from the id alone: they are UUIDs of version 8 (RFC 9562, custom
 layout) carrying the item id, so ``GET /orders/{id}`` derives the order's key without

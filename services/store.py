@@ -64,6 +64,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypedDict, TypeVar
 
 import redis
 import redis.asyncio
+from redis.exceptions import NoScriptError
 
 from services.keys import Keys
 
@@ -471,45 +472,61 @@ class _StoreCore(Generic[ClientT]):
         idempotency_key: str | None,
         now_ms: int,
     ) -> Steps[ReserveResult]:
-        """Bind the Idempotency-Key to this request, then atomically check the key, stock
-        and the per-user limit, reserve and record the order as accepted and pending.
+        """Bind the Idempotency-Key to this request and atomically check the key, stock
+        and the per-user limit, reserve and record the order as accepted and pending: one
+        round trip (the binding and the script in one pipeline).
+
+        The binding (``SET NX``, its own cluster slot) catches a key reused for another
+        item; the script, on the item's slot, catches one reused for another user or
+        quantity. Both run together, so when the binding says the key belongs to another
+        request and the script had reserved, the reservation is cancelled before the
+        conflict is answered (it was never published).
 
         Safe to re-send with the same arguments (the client's retry after a time-out): the
         binding is the same value, and the script returns the order it already made.
         """
         k = self.keys
         idem = idempotency_key or ""
-        if idem:
-            request = f"{item_id}:{user_id}:{quantity}"
-            bound = yield self.client.set(
-                k.idempotency_binding(idem),
-                request,
-                nx=True,
-                ex=self.idempotency_ttl_seconds,
-                get=True,
-            )
-            if bound is not None and _text(bound) != request:
+        request = f"{item_id}:{user_id}:{quantity}"
+        keys = [
+            k.stock(item_id),
+            k.order(item_id, order_id),
+            k.bought(item_id, user_id),
+            k.pending(item_id),
+            k.idempotency(item_id, idem),
+        ]
+        args = [
+            order_id,
+            item_id,
+            user_id,
+            quantity,
+            now_ms,
+            self.per_user_limit,
+            self.idempotency_ttl_seconds,
+            idem,
+            k.order(item_id, ""),
+        ]
+        while True:
+            pipe = self.client.pipeline(transaction=False)
+            if idem:
+                binding = k.idempotency_binding(idem)
+                pipe.set(binding, request, nx=True, ex=self.idempotency_ttl_seconds, get=True)
+            # EVALSHA by hand: a pipeline's own script support asks SCRIPT EXISTS first,
+            # one more round trip on every call.
+            pipe.evalsha(self._lua_reserve.sha, len(keys), *keys, *args)
+            replies = yield pipe.execute(raise_on_error=False)
+            reply = replies[-1]
+            if isinstance(reply, NoScriptError):  # first call on this server: load, again
+                yield self.client.script_load(_RESERVE)
+                continue
+            if failed := next((r for r in replies if isinstance(r, Exception)), None):
+                raise failed
+            break
+        bound = replies[0] if idem else None
+        if bound is not None and _text(bound) != request:
+            made = _parse_reserve(reply).outcome is Outcome.ACCEPTED
+            if not made or (yield from self._cancel_steps(item_id, order_id, "key reused")):
                 return ReserveResult(Outcome.IDEMPOTENCY_CONFLICT)
-        reply = yield self._lua_reserve(
-            keys=[
-                k.stock(item_id),
-                k.order(item_id, order_id),
-                k.bought(item_id, user_id),
-                k.pending(item_id),
-                k.idempotency(item_id, idem),
-            ],
-            args=[
-                order_id,
-                item_id,
-                user_id,
-                quantity,
-                now_ms,
-                self.per_user_limit,
-                self.idempotency_ttl_seconds,
-                idem,
-                k.order(item_id, ""),
-            ],
-        )
         result = _parse_reserve(reply)
         if result.outcome is Outcome.ACCEPTED and result.order is None:
             order = Order(
