@@ -45,7 +45,7 @@ METRICS = [
     ),
     Metric("commits_per_read", "commits per read (pg_stat_database)", "commits", may_be_zero=True),
 ]
-VARIANTS = (
+VARIANTS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("cache_on", "cache on (near cache + Redis)", {}),
     ("cache_off", "cache off: reads PostgreSQL directly", {"EXPERIMENT_CACHE_BYPASS": "1"}),
 )

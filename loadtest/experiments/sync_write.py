@@ -55,7 +55,7 @@ METRICS = [
         may_be_zero=True,
     ),
 ]
-VARIANTS = (
+VARIANTS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("queue", "queue: reserve, publish, 202", {}),
     ("sync", "synchronous write in the request", {"EXPERIMENT_SYNC_WRITE": "1"}),
 )
