@@ -35,10 +35,11 @@ from pathlib import Path
 
 import psycopg
 import redis
+from python_on_whales import DockerException
 from rich.console import Console
 from rich.table import Table
 
-from loadtest.faults import OUTAGE_S, QUICK_FAULTS, Fault, catalog
+from loadtest.faults import OUTAGE_S, QUICK_FAULTS, Fault, FaultError, catalog
 from loadtest.popularity import parse_ids
 from loadtest.records import load_run
 from loadtest.runner import ROOT, RunnerError, free_port, wait_ready
@@ -181,7 +182,7 @@ def wait_queue_clear(stack: ComposeStack, deadline: float) -> tuple[float | None
     while time.time() < deadline:
         try:
             ready, unacked = queue_counts(stack).get(ORDER_QUEUE, (0, 0))
-        except Exception:  # rabbitmq restarting: ask again
+        except DockerException:  # rabbitmq restarting: ask again
             ready, unacked = 1, None
         if ready == 0 and unacked == 0:
             return time.time(), 0
@@ -211,9 +212,8 @@ def _count_answers(row: FaultRow, outcomes: Sequence[Outcome], deliberate_503: i
 
 
 def run_fault(
-    stack: ComposeStack, base_url: str, fault: Fault, plan: LoadPlan, options: SuiteOptions,
-    console: Console,
-) -> FaultRow:  # fmt: skip
+    stack: ComposeStack, base_url: str, fault: Fault, plan: LoadPlan, options: SuiteOptions
+) -> FaultRow:
     """Load, inject, watch the stack recover alone, drain, audit: the fault's row."""
     record_dir = options.out_dir / "records" / fault.name
     record_dir.mkdir(parents=True, exist_ok=True)
@@ -228,13 +228,16 @@ def run_fault(
         load.phase = "after"
         row.healthy_s = wait_healthy(stack, fault_end, options.serve_bound_s)
         while time.time() - fault_end <= options.serve_bound_s:
-            row.serving_again_s = serving_again(load.outcomes, fault_end)
-            if row.serving_again_s is not None:
+            if serving_again(load.outcomes, fault_end) is not None:
                 break
             time.sleep(0.5)
         time.sleep(options.settle_s)
     finally:
         load.stop()
+    serving = serving_again(load.outcomes, fault_end)
+    row.serving_again_s = (
+        serving if serving is not None and serving <= options.serve_bound_s else None
+    )
     run = load_run(record_dir)
     accepted = [o.order_id for o in run.orders if o.status == 202 and o.order_id]
     deadline = time.time() + options.drain_timeout_s
@@ -301,8 +304,9 @@ def run_suite(
         fault = faults[name]
         console.print(f"[bold]{name}[/]: {fault.description}")
         try:
-            row = run_fault(stack, base_url, fault, plan, options, console)
-        except (RunnerError, StackError, urllib.error.URLError, *STATE_ERRORS) as exc:
+            row = run_fault(stack, base_url, fault, plan, options)
+        except (FaultError, DockerException, RunnerError, StackError, urllib.error.URLError,
+                *STATE_ERRORS) as exc:  # fmt: skip
             row = FaultRow(name, fault.description, notes=[f"suite error: {exc}"])
         rows.append(row)
         console.print(_summary(row))
