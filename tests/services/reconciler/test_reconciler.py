@@ -18,6 +18,7 @@ from services.messaging import durable_queue
 from services.reconciler import Reconciler
 from services.settings import get_settings
 from services.store import Order, OrderStore, Outcome, Status, task_payload
+from services.worker.items import ItemUpdate, apply_update
 
 
 @pytest.fixture
@@ -189,3 +190,30 @@ def test_pending_reservations_are_no_drift_and_a_real_one_is_confirmed(
     store.client.decrby(store.keys.stock(1), 2)
     assert reconciler._measure_mismatches([1]) == {1: (5, 7)}
     assert reconciler.stock_mismatches([1]) == {1: (5, 7)}  # twice the same gap: confirmed
+
+
+def test_an_update_committed_while_measuring_is_replayed_not_repaired(
+    reconciler: Reconciler,
+    store: OrderStore,
+    db: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An item update commits right after the pass replayed the recorded changes and its
+    worker has not shifted Redis yet: the gap is replayed away, never 'repaired' (which
+    the worker's own shift would then double)."""
+    seed(db, store, 1, 10)
+    measure = reconciler._measure_mismatches
+    measured: list[int] = []
+
+    def measure_after_an_update(item_ids: Any, *, full: bool = False) -> Any:
+        if not measured:
+            assert apply_update(db, ItemUpdate(1, 10**15, stock=15)) is not None
+        measured.append(1)
+        return measure(item_ids, full=full)
+
+    monkeypatch.setattr(reconciler, "_measure_mismatches", measure_after_an_update)
+    report = reconciler.run_once()
+    assert report.stock_repairs == {}
+    assert store.get_stocks([1]) == [15]
+    assert store.shift_stock(1, 10**15, 5).value == "already"  # the worker's late shift
+    assert store.get_stocks([1]) == [15]
