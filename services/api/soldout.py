@@ -14,9 +14,10 @@ remembers, per api process, which items are sold out:
   whenever the subscription had a gap, and each flag by itself after
   ``Settings.sold_out_ttl_seconds`` (1 s).
 
+A cancelled order gives its stock back and the api says so (:meth:`SoldOutBoard.stock_returned`).
 The expiry is what makes "never sold out while stock is left" hold beyond a second in the
-cases no message covers: stock given back by a cancelled or dead-lettered order, or a
-sold-out message that crossed an admin update on the way. After it the next order asks
+cases no message covers: stock given back by a dead-lettered order, or a sold-out message
+that crossed an admin update on the way. After it the next order asks
 Redis again, so a sold-out item costs one reservation per process per second.
 
 Orders carrying an ``Idempotency-Key`` are not answered from memory: a retry of an order
@@ -28,12 +29,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import redis.asyncio
 from redis.exceptions import RedisError
 
 from services.api.errors import ApiError
-from services.cache import parse_item_ids
+from services.cache import invalidation_message, parse_item_ids
 from services.keys import Keys
 from services.metrics import ORDERS, ORDERS_SOLD_OUT_FROM_MEMORY
 from services.pubsub import ChannelListener
@@ -77,9 +80,14 @@ class SoldOutBoard:
         if result.stock_left != 0 or result.outcome not in (Outcome.ACCEPTED, Outcome.SOLD_OUT):
             return
         self._flag(item_id)
-        task = asyncio.get_running_loop().create_task(self._announce(item_id))
-        self._announcing.add(task)
-        task.add_done_callback(self._announcing.discard)
+        self._in_background(self._publish(self.channel, str(item_id).encode()))
+
+    def stock_returned(self, item_id: int) -> None:
+        """Stock of the item came back (an accepted order was cancelled): drop its flag
+        here at once, and everywhere through the item's invalidation message (the near
+        caches drop the item too, which only costs them one read)."""
+        self.forget([item_id])
+        self._in_background(self._publish(self.invalidate_channel, invalidation_message([item_id])))
 
     def forget(self, item_ids: list[int] | None) -> None:
         """Drop the flags of ``item_ids`` (``None``: all)."""
@@ -105,12 +113,19 @@ class SoldOutBoard:
     def _flag(self, item_id: int) -> None:
         self._until[item_id] = time.monotonic() + self.ttl
 
-    async def _announce(self, item_id: int) -> None:
+    def _in_background(self, announcement: Coroutine[Any, Any, None]) -> None:
+        # The request does not wait for it; the task is held until done (asyncio keeps
+        # only weak references to tasks).
+        task = asyncio.get_running_loop().create_task(announcement)
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def _publish(self, channel: str, payload: bytes) -> None:
         try:
-            await self.client.publish(self.channel, str(item_id))
+            await self.client.publish(channel, payload)
         except RedisError as exc:
-            # The others learn it from their own next reservation instead.
-            log.debug("sold-out announcement of item %s failed: %s", item_id, exc)
+            # The flags' lifetime bounds what the others miss.
+            log.debug("announcement %r on %s failed: %s", payload, channel, exc)
 
     def _on_sold_out(self, payload: bytes) -> None:
         for item_id in parse_item_ids(payload) or []:

@@ -182,6 +182,7 @@ async def _publish_or_cancel(ctx: ApiContext, order: Order) -> None:
         if not await _cancel(ctx, order, f"broker: {exc}"):
             log.warning("order %s: publish failed but the order stands", order["order_id"])
             return
+        ctx.sold_out.stock_returned(order["item_id"])
         ORDERS.labels("failed").inc()
         raise unavailable(
             "broker_unavailable",

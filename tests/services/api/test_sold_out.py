@@ -133,3 +133,14 @@ async def test_an_idempotent_retry_gets_its_order_back_after_the_sell_out(
     retry = await b.client.post("/orders", json=order("alice"), headers=key)
     assert retry.status_code == 200
     assert retry.json()["order_id"] == first.json()["order_id"]
+
+
+async def test_the_last_unit_given_back_by_a_failed_publish_is_not_sold_out(api: Api) -> None:
+    """The ``api`` fixture's broker refuses connections: the last unit is reserved (the
+    item flagged), the publish fails, the cancel gives the unit back and drops the flag."""
+    await api.ctx.store.set_stock(ITEM, 1)
+    refused = await api.client.post("/orders", json=order("alice"))
+    assert refused.status_code == 503
+    assert refused.json()["error"] == "broker_unavailable"
+    assert await api.ctx.store.get_stocks([ITEM]) == [1]
+    assert not api.ctx.sold_out.is_sold_out(ITEM)
