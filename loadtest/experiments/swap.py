@@ -5,7 +5,8 @@ The comparison needs a Docker engine with swap accounting *and* a host with swap
 host swap, "swap allowed" has nothing to swap to and both containers behave alike. When it
 cannot run, the outcome says exactly why, and proves the policy the compose file relies on
 instead: two throw-away containers (``memswap_limit`` equal to the memory limit, and twice
-it) run :func:`services.swap.swap_policy` on their own cgroup.
+it) run :func:`services.swap.swap_policy` on their own cgroup, then outgrow the limit, and
+``docker inspect`` tells how each ended.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +32,18 @@ CLAIM = (
 IMAGE = "debian:bookworm-slim"
 MEMORY = "64m"
 MEMORY_BYTES = 64 * 2**20
+HOG_BYTES = 4 * MEMORY_BYTES
 METRICS = [
     Metric("memory_limit_bytes", "memory limit (cgroup)", "bytes"),
     Metric("memory_and_swap_limit_bytes", "memory + swap limit (cgroup)", "bytes"),
     Metric(
         "swap_forbidden", "services.swap says forbidden (1) / allowed (0)", "flag", may_be_zero=True
     ),
+    Metric("oom_killed", "OOM-killed once past the limit (1) or not (0)", "flag", may_be_zero=True),
+    Metric("seconds_to_kill", "start to kill, Python start-up included", "s"),
 ]
-_PROBE = """
+_PROBE = (
+    """
 import json
 from pathlib import Path
 from services.swap import swap_policy
@@ -52,8 +58,13 @@ print(json.dumps({
     "memory.limit_in_bytes": read("memory.limit_in_bytes") or read("memory.max"),
     "memory.memsw.limit_in_bytes": read("memory.memsw.limit_in_bytes"),
     "memory.swap.max": read("memory.swap.max"),
-}))
+}), flush=True)
 """
+    + (
+        # Zero-filled, so every page is touched: the container outgrows its limit.
+        f"hog = bytearray({HOG_BYTES})\n"
+    )
+)
 
 
 def host_swap_bytes() -> int:
@@ -93,18 +104,40 @@ def _mounts() -> list[str]:
     return [arg for p in kept for arg in ("-v", f"{p}:{p}:ro")]
 
 
+def _seconds(timestamp: str) -> float:
+    """Epoch seconds of Docker's RFC 3339 time (nanoseconds cut to microseconds)."""
+    head, _, fraction = timestamp.rstrip("Z").partition(".")
+    moment = datetime.fromisoformat(head).replace(tzinfo=UTC)
+    return moment.timestamp() + float(f"0.{fraction or 0}"[:8])
+
+
 def probe(memswap: str) -> dict[str, Any]:
-    """Run the probe in a container with ``--memory 64m --memory-swap memswap``."""
+    """In a container with ``--memory 64m --memory-swap memswap``: services.swap's reading of
+    its cgroup, then a 256 MiB allocation; what the container printed and how it ended."""
     name = f"experiments-swap-{uuid.uuid4().hex[:8]}"
     command = [
-        "docker", "run", "--rm", "--name", name, "--memory", MEMORY, "--memory-swap", memswap,
+        "docker", "run", "--name", name, "--memory", MEMORY, "--memory-swap", memswap,
         *_mounts(), "-w", str(ROOT), "-e", "PYTHONDONTWRITEBYTECODE=1", IMAGE,
         sys.executable, "-c", _PROBE,
     ]  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        inspect = subprocess.run(
+            ["docker", "inspect", "--format", "{{json .State}}", name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+    lines = proc.stdout.strip().splitlines()
+    if not lines or inspect.returncode != 0:
         return {"error": (proc.stderr or proc.stdout).strip()[-500:], "command": command}
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    state = json.loads(inspect.stdout)
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["exit_code"] = state["ExitCode"]
+    result["oom_killed"] = state["OOMKilled"]
+    result["seconds_to_kill"] = _seconds(state["FinishedAt"]) - _seconds(state["StartedAt"])
     return result
 
 
@@ -121,6 +154,8 @@ def _variant(key: str, label: str, found: dict[str, Any]) -> Variant:
         "memory_limit_bytes": memory,
         "memory_and_swap_limit_bytes": memsw,
         "swap_forbidden": 1.0 if found.get("policy") == "forbidden" else 0.0,
+        "oom_killed": 1.0 if found.get("oom_killed") else 0.0,
+        "seconds_to_kill": float(found.get("seconds_to_kill", 0.0)),
     }
     return Variant(key, label, {k: v for k, v in figures.items() if "error" not in found})
 
@@ -134,8 +169,8 @@ def why_not_run(facts: dict[str, Any] | str, swap: int) -> str | None:
     if swap == 0:
         return (
             "the host has no swap (/proc/swaps lists no device), so a container allowed to"
-            " swap has nothing to swap to and would be OOM-killed exactly like one that is"
-            " forbidden: the comparison would show no difference that swap makes. The engine"
+            " swap has nothing to swap to and is OOM-killed just like one that is forbidden"
+            " (both below): there is no crawling-on-swap side to compare with. The engine"
             f" does account swap (SwapLimit true, cgroup v{facts.get('CgroupVersion')})."
         )
     return None
@@ -143,7 +178,7 @@ def why_not_run(facts: dict[str, Any] | str, swap: int) -> str | None:
 
 def run(quick: bool, workdir: Path) -> Outcome:
     """Decide whether the comparison can run; prove the swap policy in containers."""
-    del quick  # two probes take seconds either way
+    del quick  # two containers take seconds either way
     facts, swap = docker_facts(), host_swap_bytes()
     reason = why_not_run(facts, swap) or (
         "the host has swap, but the memory-hog comparison (kill, restart, nothing lost) is"
@@ -167,7 +202,9 @@ def run(quick: bool, workdir: Path) -> Outcome:
             "Decided from `docker info` (SwapLimit) and /proc/swaps. The proof: two"
             f" containers of {IMAGE} with {MEMORY} of memory, one with memory+swap equal to"
             " it (what the compose file sets, memswap_limit == mem_limit) and one with twice"
-            " it, each running services.swap.swap_policy() on its own cgroup."
+            " it, each running services.swap.swap_policy() on its own cgroup, then allocating"
+            " 256 MiB: how each ended (docker inspect: OOMKilled, start and finish) shows"
+            " what swap changes, or not, on this host."
         ),
         metrics=METRICS,
         variants=variants,
