@@ -198,7 +198,15 @@ async def create_order(
     ctx: Context,
     idempotency_key: Annotated[
         str | SkipJsonSchema[None],
-        Header(alias="Idempotency-Key", json_schema_extra={"pattern": IDEMPOTENCY_KEY_PATTERN}),
+        Header(
+            alias="Idempotency-Key",
+            description="Optional, but what makes a retry safe: the same key never yields a "
+            "second order, whatever became of the first attempt (it returns that order, 200). "
+            "Bound to its item, user and quantity for IDEMPOTENCY_TTL_SECONDS: another "
+            "request with it is a 422. A 503 that said nothing was reserved frees it for the "
+            "same request. Without a key every request is a new order attempt.",
+            json_schema_extra={"pattern": IDEMPOTENCY_KEY_PATTERN},
+        ),
     ] = None,
 ) -> OrjsonResponse:
     """Reserve stock atomically (idempotency key, per-user limit, stock), publish the order
