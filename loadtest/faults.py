@@ -78,11 +78,20 @@ def main_pid(stack: ComposeStack, service: str) -> int:
 
 
 def kill_main_process(stack: ComposeStack, service: str, _outage_s: float = 0.0) -> None:
-    """SIGKILL the container's main process from the host, as a crash would end it."""
+    """SIGKILL the container's main process from the host, as a crash would end it.
+
+    Returns once Docker has seen that process die (until then the container still looks
+    running and healthy), whether or not it restarts the container.
+    """
     pid = main_pid(stack, service)
     if not pid:
         raise FaultError(f"{service} is not running")
     os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while main_pid(stack, service) == pid:
+        if time.monotonic() > deadline:
+            raise FaultError(f"Docker still shows {service}'s killed process {pid} after 30 s")
+        time.sleep(0.05)
 
 
 def stop_then_start(stack: ComposeStack, service: str, outage_s: float) -> None:
