@@ -26,6 +26,7 @@ from services.api.schemas import (
     OrderRequest,
     OrderStatus,
 )
+from services.breaker import DependencyDown
 from services.keys import new_order_id
 from services.metrics import ORDERS
 from services.publisher import PublishError
@@ -256,8 +257,9 @@ async def get_order(order_id: uuid.UUID, ctx: Context) -> OrderStatus:
     """The order's status: ``accepted`` -> ``persisting`` -> ``persisted``, or ``failed``
     with a reason (the state machine is in the README)."""
     try:
+        ctx.breakers["redis"].check()  # known down: answer now, not after a time-out
         order = await ctx.store.get_order(str(order_id))
-    except RedisError as exc:
+    except (RedisError, DependencyDown) as exc:
         ctx.health.report("redis", False)
         raise unavailable(
             "state_unavailable", "order state store unreachable", ctx.settings.retry_after_seconds

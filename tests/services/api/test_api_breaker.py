@@ -112,6 +112,10 @@ async def test_orders_get_503_without_touching_a_state_redis_known_down(
         assert {a.json()["error"] for a in answers} == {"state_unavailable"}
         assert all(a.headers.get("Retry-After") for a in answers)
         assert state_proxy.connections == 0
+        status = await api.client.get(f"/orders/{uuid.uuid4()}")
+        assert status.status_code == 503
+        assert status.json()["error"] == "state_unavailable"
+        assert state_proxy.connections == 0
 
         # Item reads still answer, with the database's stock.
         read = await api.client.get("/items/1")
