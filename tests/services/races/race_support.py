@@ -32,6 +32,7 @@ from celery import Celery
 from kombu import Connection
 
 from services.api.dependencies import ApiContext
+from services.api.routers import orders as orders_router
 from services.messaging import durable_queue
 from services.reconciler import Reconciler
 from services.settings import Settings
@@ -253,6 +254,18 @@ async def until(predicate: Callable[[], bool], timeout: float, what: str) -> Non
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def cancel_waits_for(monkeypatch: pytest.MonkeyPatch, condition: Callable[[], bool]) -> None:
+    """Make the api's cancel (after a failed publish) wait until ``condition()`` holds, so
+    the test, not the machine's load, decides whether it comes after the worker's step."""
+    real_cancel = orders_router._cancel
+
+    async def cancel_when_told(ctx: Any, order: Any, reason: str) -> bool:
+        await until(condition, 15, "the test's go-ahead for the api's cancel")
+        return await real_cancel(ctx, order, reason)
+
+    monkeypatch.setattr(orders_router, "_cancel", cancel_when_told)
 
 
 class Gate:

@@ -8,10 +8,11 @@ by a :class:`~race_support.Gate`), and ends on :meth:`~race_support.Race.check`'
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
-from race_support import Gate, Race, until
+from race_support import Gate, Race, cancel_waits_for, until
 
 from services.catalog import warmup
 from services.store import Status
@@ -36,11 +37,14 @@ async def held_publish(
     return request, message
 
 
-async def test_race1_late_confirm_loses_to_the_worker_claim(race: Race) -> None:
+async def test_race1_late_confirm_loses_to_the_worker_claim(
+    race: Race, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The confirm is late, the worker has claimed the order and waits to commit: the api's
     cancel finds it claimed, so the client gets 202 (true), never "nothing was reserved"."""
-    request, message = await held_publish(race, 2, "race-one-0001")
     gate = Gate()
+    cancel_waits_for(monkeypatch, gate.reached.is_set)
+    request, message = await held_publish(race, 2, "race-one-0001")
     worker = asyncio.create_task(asyncio.to_thread(race.commit, [message], gate))
     await until(gate.reached.is_set, 10, "the worker's claim")
     answer = await request  # the publish times out; the cancel finds the order claimed
@@ -70,10 +74,15 @@ async def test_race1_late_confirm_cancel_first_then_the_worker_skips(race: Race)
     await race.check()
 
 
-async def test_race2_worker_first_then_the_confirm_times_out(race: Race) -> None:
+async def test_race2_worker_first_then_the_confirm_times_out(
+    race: Race, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The worker persisted the order before the confirm timed out: 202 with its id."""
+    committed = threading.Event()
+    cancel_waits_for(monkeypatch, committed.is_set)
     request, message = await held_publish(race, 2, "race-two-0001")
     race.commit([message])
+    committed.set()
     assert race.store.get_order(message["order_id"])["status"] == Status.PERSISTED  # type: ignore[index]
     answer = await request
     assert (answer.status, answer.order_id) == (202, message["order_id"])
@@ -81,12 +90,17 @@ async def test_race2_worker_first_then_the_confirm_times_out(race: Race) -> None
     await race.check()
 
 
-async def test_publish_and_cancel_both_fail_the_order_stands(race: Race) -> None:
+async def test_publish_and_cancel_both_fail_the_order_stands(
+    race: Race, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The confirm is late and Redis is gone when the api tries to cancel: the order is
     still reserved, so the answer is 202 (true); its message and the reconciler's copy
     persist it once."""
+    redis_gone = threading.Event()
+    cancel_waits_for(monkeypatch, redis_gone.is_set)
     request, message = await held_publish(race, 2, "both-fail-001")
     race.redis_proxy.refuse()
+    redis_gone.set()
     answer = await request
     assert (answer.status, answer.order_id) == (202, message["order_id"])
     race.broker_proxy.heal()

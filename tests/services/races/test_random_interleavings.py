@@ -74,6 +74,7 @@ class Interleavings(RuleBasedStateMachine):
 
     @property
     def store(self) -> Any:
+        """The order store on the test's Redis prefix."""
         return self.race.store
 
     @initialize()
@@ -201,6 +202,7 @@ class Interleavings(RuleBasedStateMachine):
         self.check()
 
     def check(self) -> None:
+        """The invariants of the module docstring, on this example's items."""
         rows = {
             str(order_id)
             for (order_id,) in self.race.db.execute(
@@ -239,6 +241,7 @@ class Interleavings(RuleBasedStateMachine):
 
 
 async def test_random_interleavings_keep_every_invariant(race: Race) -> None:
+    """A few dozen bounded examples (30 x 20 steps), each on items of its own."""
     Interleavings.race = race
     await asyncio.to_thread(
         run_state_machine_as_test,
