@@ -82,10 +82,11 @@ async def test_readyz_reports_each_dependency(broker_api: Api, api: Api) -> None
 
 
 def _exposed(text: str, name: str, **labels: str) -> float:
-    """One sample's value in a /metrics exposition (0 when absent)."""
+    """The value of the sample carrying exactly ``labels`` in a /metrics exposition (0 when
+    absent)."""
     for family in text_string_to_metric_families(text):
         for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+            if found.name == name and found.labels == labels:
                 return float(found.value)
     return 0.0
 
@@ -103,7 +104,10 @@ async def test_metrics_expose_route_templates_and_cache_counters(api: Api) -> No
         return _exposed(after, name, **labels) - _exposed(before, name, **labels)
 
     assert moved("http_requests_total", **route) == 2
-    assert moved("http_requests_total", route="unmatched") == 1 and "12345" not in after
+    assert (
+        moved("http_requests_total", method="GET", route="unmatched", status="404") == 1
+        and "12345" not in after
+    )
     assert moved("cache_lookups_total", result="near_hit") == 1
     assert moved("cache_db_loads_total") == 1
     assert moved("http_request_duration_seconds_count", method="GET", route=route["route"]) == 2
