@@ -9,19 +9,17 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 import pytest
+from workertest_support import Harness, WorkerProcess
 
 from services.messaging import PERSIST_ORDER
 from services.store import Status
 from services.worker.batching import OrderBatcher, settled_outcomes
 from services.worker.orders import CommitOutcome
 from services.worker.persistence import Order, PersistResult
-
-if TYPE_CHECKING:  # fixtures' types, from this directory's conftest
-    from conftest import Harness, WorkerProcess
 
 pytestmark = pytest.mark.timeout(180)
 

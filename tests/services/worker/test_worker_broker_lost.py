@@ -14,7 +14,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from conftest import Harness, WorkerProcess
+from workertest_support import Harness, WorkerProcess
 
 from services.settings import get_settings
 from services.worker.liveness import EXIT_STATUS

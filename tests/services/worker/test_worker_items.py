@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 import redis
+from workertest_support import Harness, WorkerProcess
 
 from services.messaging import APPLY_ITEM_UPDATE
 from services.settings import get_settings
 from services.store import Status
-
-if TYPE_CHECKING:  # fixtures' types, from this directory's conftest
-    from conftest import Harness, WorkerProcess
 
 
 @pytest.fixture

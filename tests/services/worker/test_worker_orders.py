@@ -6,19 +6,17 @@ import asyncio
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from kombu import Connection
+from workertest_support import Harness, WorkerProcess
 
 from services.keys import new_order_id
 from services.messaging import PERSIST_ORDER, durable_queue
 from services.publisher import AmqpPublisher
 from services.settings import get_settings
 from services.store import Outcome, Status, task_payload
-
-if TYPE_CHECKING:  # fixtures' types, from this directory's conftest
-    from conftest import Harness, WorkerProcess
 
 
 def tasks_done(worker: WorkerProcess, *outcomes: str) -> float:
