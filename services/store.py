@@ -345,7 +345,10 @@ return reply
 
 # KEYS: pending, then keys found under the item's tag   ARGV: the item tag
 # Deletes the sale records that belong to no live order; a live order keeps its hash,
-# its Idempotency-Key record and its user's units. Returns the number of keys deleted.
+# its Idempotency-Key record and its user's units. A failed order keeps its hash: it is
+# the tombstone that makes a late message of a cancelled order a no-op (without it the
+# worker would find no record and persist an order its client was told did not exist).
+# Returns the number of keys deleted.
 _RESET_RECORDS = (
     _LIVE_ORDERS
     + """
@@ -356,7 +359,8 @@ local deleted = 0
 for i = 2, #KEYS do
   local kind, name = string.match(string.sub(KEYS[i], #ARGV[1] + 1), '^(%a+):(.*)$')
   local keep = true
-  if kind == 'order' then keep = live[name] ~= nil
+  if kind == 'order' then
+    keep = live[name] ~= nil or redis.call('HGET', KEYS[i], 'status') == 'failed'
   elseif kind == 'idem' then keep = live[redis.call('GET', KEYS[i]) or ''] ~= nil
   elseif kind == 'bought' then
     keep = held[name] ~= nil

@@ -131,13 +131,17 @@ def test_reset_touches_only_its_items_and_keeps_live_orders(store: OrderStore) -
     live = store.reserve(new_id(), 1, "ann", 2, "key-live-01", 1).order
     done = store.reserve(new_id(), 1, "bob", 1, "key-done-01", 1).order
     other = store.reserve(new_id(2), 2, "bob", 1, "key-other-1", 1).order
-    assert live and done and other
+    cancelled = store.reserve(new_id(), 1, "cy", 1, "key-cancel-1", 1).order
+    assert live and done and other and cancelled
     store.claim([(1, done["order_id"])], 2)
     store.mark_persisted([(1, done["order_id"])], 3)
+    assert store.cancel(1, cancelled["order_id"], "broker down")
     assert store.shift_stock(1, 50, 3) is Shift.APPLIED  # newer than the reset's read below
     deleted = store.reset_items({1: (20, 40)})
     assert deleted == 3  # done's hash, its key record and bob's count
     assert store.get_order(done["order_id"]) is None
+    # The cancelled order's record stays: its late message must still find it cancelled.
+    assert store.claim([(1, cancelled["order_id"])], 4) == {cancelled["order_id"]: Claim.CANCELLED}
     assert store.get_order(live["order_id"])["status"] == "accepted"  # type: ignore[index]
     assert store.client.get(store.keys.idempotency(1, "key-live-01")) == live["order_id"].encode()
     assert store.client.get(store.keys.bought(1, "ann")) == b"2"
