@@ -10,8 +10,14 @@ import pytest
 from gmp_guard import gmp_threads, no_leaked_threads  # noqa: F401
 
 import gmpworker as gmp
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(30)
+
+
+def _wait_for_gs(rt: gmp.Runtime, state: str, count: int = 1) -> None:
+    """Wait until ``count`` Gs are in ``state`` (e.g. parked: ``waiting``)."""
+    wait_until(lambda: rt.stats()["gs_by_state"].get(state, 0) >= count, 5, f"{count} G(s) {state}")
 
 
 def test_submit_from_many_foreign_threads() -> None:
@@ -65,8 +71,9 @@ def test_stop_abandons_forever_parked_goroutine() -> None:
     rt = gmp.Runtime(procs=1).start()
     rt.submit(gmp.Chan[int]().recv)
     t = time.monotonic()
-    rt.stop(timeout=10)
-    assert time.monotonic() - t < 5  # nothing can wake it: stop does not wait forever
+    rt.stop(timeout=60)
+    # Nothing can wake it: stop abandons it instead of waiting out its 60 s time-out.
+    assert time.monotonic() - t < 30
 
 
 def test_result_timeout_done_callback_and_reraise() -> None:
@@ -112,7 +119,7 @@ def test_cancel_parked_goroutine() -> None:
                 cleaned.append(True)
 
         h = rt.submit(waiter)
-        time.sleep(0.05)
+        _wait_for_gs(rt, "waiting")
         assert h.cancel()
         with pytest.raises(gmp.Cancelled):
             h.result(timeout=5)
@@ -139,7 +146,7 @@ def test_cancel_in_various_park_points(where: str) -> None:
                 await other
 
         h = rt.submit(body)
-        time.sleep(0.05)
+        _wait_for_gs(rt, "waiting", 2)  # other and body
         h.cancel()
         with pytest.raises(gmp.Cancelled):
             h.result(timeout=5)
@@ -155,7 +162,7 @@ def test_cancel_running_syscall_raises_when_it_returns() -> None:
             after.append("continued")
 
         h = rt.submit(body)
-        time.sleep(0.03)
+        _wait_for_gs(rt, "syscall")
         h.cancel()
         with pytest.raises(gmp.Cancelled):
             h.result(timeout=5)
@@ -186,7 +193,7 @@ def test_throw_is_delivered_once_then_the_g_awaits_normally(where: str) -> None:
             return f"got {await ch.recv()}"
 
         h = rt.submit(body)
-        time.sleep(0.05)
+        _wait_for_gs(rt, "syscall" if where == "syscall" else "waiting")
         nudge = _Nudge("once")
         assert h.throw(nudge)
         rt.submit(ch.send, 7)  # a parked recv's sudog must be gone, or this is lost
@@ -202,26 +209,27 @@ def test_throw_reaches_a_runnable_g_at_its_next_trap() -> None:
 
         async def spinner() -> int:
             rounds = 0
-            started.set()
             try:
                 while True:  # never parks: the buffer always has room / a value
                     await ch.send(rounds)
                     await ch.recv()
                     rounds += 1
+                    if rounds == 100:
+                        started.set()  # it is spinning now
             except _Nudge:
                 return rounds
 
         h = rt.submit(spinner)
         assert started.wait(5)
         assert h.throw(_Nudge("stop spinning"))
-        assert h.result(timeout=5) >= 0
+        assert h.result(timeout=5) >= 100  # stopped while spinning, not before
 
 
 def test_uncaught_throw_ends_the_g_and_cancel_stays_sticky_after_it() -> None:
     with gmp.Runtime(procs=1, panic_hook=lambda goid, exc: None) as rt:
         ch: gmp.Chan[int] = gmp.Chan()
         h = rt.submit(ch.recv)
-        time.sleep(0.05)
+        _wait_for_gs(rt, "waiting")
         assert h.throw(_Nudge("uncaught"))
         with pytest.raises(_Nudge, match="uncaught"):
             h.result(timeout=5)
@@ -237,7 +245,7 @@ def test_uncaught_throw_ends_the_g_and_cancel_stays_sticky_after_it() -> None:
             await ch.recv()
 
         h = rt.submit(stubborn)
-        time.sleep(0.05)
+        _wait_for_gs(rt, "waiting")
         assert h.throw(_Nudge("first"))
         assert h.cancel()  # the pending throw comes first, then Cancelled at every park
         with pytest.raises(gmp.Cancelled):
@@ -288,7 +296,7 @@ def test_cancel_goroutine_blocked_forever_in_select() -> None:
             await gmp.select(gmp.recv_case(None))
 
         h = rt.submit(body)
-        time.sleep(0.05)
+        _wait_for_gs(rt, "waiting")
         assert "status=4(select)" in rt.schedtrace(detailed=True)
         h.cancel()
         h.cancel()
@@ -299,7 +307,7 @@ def test_cancel_goroutine_blocked_forever_in_select() -> None:
 def test_abandoned_goroutines_release_their_waiters() -> None:
     rt = gmp.Runtime(procs=1).start()
     h = rt.submit(gmp.Chan[int]().recv)
-    time.sleep(0.02)
+    _wait_for_gs(rt, "waiting")
     rt.stop(wait=False)
     with pytest.raises(gmp.Cancelled):
         h.result(timeout=5)

@@ -30,11 +30,12 @@ def test_sleepers_wake_in_deadline_order(procs: int) -> None:
     woken = gmp.run(main, procs=procs)
     assert all(w >= d for w, d, _ in woken)  # never early
     order = [i for _, _, i in woken]
-    # Timers fire in deadline order. Gs whose timers expired in the same check may
-    # run in any order (each goready takes runnext), so an inversion is only allowed
-    # between wakeups that happened together (a loaded machine delays a check).
-    for (w1, _, i1), (w2, _, i2) in itertools.pairwise(woken):
-        assert i1 < i2 or w2 - w1 < 0.015, order
+    # Timers fire in deadline order. Gs whose timers had both expired by the time the
+    # first of them woke may run in either order (each goready takes runnext), so an
+    # inversion is allowed only when the earlier deadline had passed by then: a rule of
+    # the scheduler, not a time window, so a loaded machine cannot break it.
+    for (w1, _, i1), (_, d2, i2) in itertools.pairwise(woken):
+        assert i1 < i2 or d2 <= w1, order
     assert sorted(order) == list(range(1, 11))
 
 
@@ -49,8 +50,10 @@ def test_sleep_duration_lower_bound_and_zero() -> None:
         return d, time.monotonic() - t
 
     slept, zero = gmp.run(main, procs=1)
-    assert 0.05 <= slept < 1.0
-    assert zero < 0.05
+    assert slept >= 0.05  # never early
+    # sleep(0) and a negative sleep park on no timer; the bound only catches a lost
+    # wakeup (a hang), it says nothing about speed.
+    assert zero < 10
 
 
 def test_after_and_select_timeout() -> None:
