@@ -56,6 +56,8 @@ async def test_orders_beyond_the_limit_get_503_overloaded_at_once(
     gate = next(g for g in api_gates(api) if g.name == "orders")
     await wait_until_async(lambda: gate.in_flight == LIMIT, 30, "the gate to fill")
     rejected_before = sample("api_admission_rejected_total", gate="orders")
+    labels = {"method": "POST", "route": "/orders", "status": "503"}
+    answered_503 = sample("http_requests_total", **labels)
 
     refused = await asyncio.wait_for(api.client.post("/orders", json=order("late")), 10)
 
@@ -63,8 +65,7 @@ async def test_orders_beyond_the_limit_get_503_overloaded_at_once(
     assert refused.json()["error"] == "overloaded"
     assert refused.headers["Retry-After"] == str(api.settings.retry_after_seconds)
     assert sample("api_admission_rejected_total", gate="orders") == rejected_before + 1
-    labels = {"method": "POST", "route": "/orders", "status": "503"}
-    assert sample("http_requests_total", **labels) >= 1
+    assert sample("http_requests_total", **labels) == answered_503 + 1
     assert not any(task.done() for task in admitted)
     # Nothing was reserved for the refused order: only the first and the admitted ones.
     assert await api.ctx.store.get_stocks([1]) == [100 - 1 - LIMIT]
