@@ -7,6 +7,7 @@ service, engine or browser can never pass silently.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -16,10 +17,12 @@ import redis
 from tests.netfault import FaultProxy
 from tests.support import (
     AMQP_HOST,
+    NO_ENGINE,
     PG_ADMIN_URL,
     REDIS_HOST_URL,
     create_vhost,
     delete_vhost,
+    docker_engine_reachable,
     require,
     unique_name,
 )
@@ -107,3 +110,16 @@ def fault_proxy() -> Iterator[Callable[[str, int], FaultProxy]]:
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+@pytest.fixture(scope="session")
+def compose_images() -> None:
+    """The compose stack's images (``FLASHSALE_APP_TAG``, default ``local``), built once per
+    session, offline from the wheelhouse: a no-op when they are current (Docker's cache), so
+    every test that runs them can ask for it instead of relying on another test's build."""
+    require(docker_engine_reachable(), NO_ENGINE)
+    from loadtest.stack import ComposeStack
+
+    started = time.monotonic()
+    ComposeStack(project=unique_name("build")).build(offline=True)
+    print(f"\ncompose images built in {time.monotonic() - started:.0f} s")

@@ -54,6 +54,22 @@ def require_module(name: str) -> ModuleType:
         raise
 
 
+def docker_engine_reachable() -> bool:
+    """Whether a Docker engine answers here."""
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+
+
+def docker_image_present(image: str) -> bool:
+    """Whether the Docker engine has ``image`` (name:tag)."""
+    inspect = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
+    return inspect.returncode == 0
+
+
+NO_ENGINE = "no Docker engine reachable (run scripts/docker-engine-up as root)"
+
+
 def unique_name(kind: str) -> str:
     """A name no other test run uses: ``t_<kind>_<hex>``."""
     return f"t_{kind}_{uuid.uuid4().hex[:10]}"

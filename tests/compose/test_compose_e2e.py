@@ -10,7 +10,6 @@ does not disturb a stack someone else runs. Durations are printed, not asserted.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 import time
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 from loadtest.stack import ComposeStack
-from tests.support import free_port, require, wait_until
+from tests.support import free_port, wait_until
 
 pytestmark = pytest.mark.compose
 
@@ -29,18 +28,9 @@ PERSIST_TIMEOUT_S = 120.0
 ITEMS = range(1, 41)  # the demo catalog has 1000 items with 100 units each
 
 
-def _engine_reachable() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
-
-
 @pytest.fixture(scope="module")
-def stack() -> Iterator[ComposeStack]:
-    """A fresh stack, built offline and healthy; removed with its volumes afterwards."""
-    require(
-        _engine_reachable(), "no Docker engine reachable (run ../shared/tools/docker-engine-up)"
-    )
+def stack(compose_images: None) -> Iterator[ComposeStack]:
+    """A fresh stack from the session's images, healthy; removed with its volumes afterwards."""
     env = {
         "FLASHSALE_API_PORT": str(free_port()),
         "FLASHSALE_PROMETHEUS_PORT": str(free_port()),
@@ -48,11 +38,8 @@ def stack() -> Iterator[ComposeStack]:
     stack = ComposeStack(project=f"fse2e{uuid.uuid4().hex[:8]}", env=env)
     try:
         started = time.monotonic()
-        stack.build(offline=True)
-        built = time.monotonic()
         stack.up(wait=True, timeout_s=600)
-        up_s = time.monotonic() - built
-        print(f"\ncompose e2e: build {built - started:.0f} s, up --wait {up_s:.0f} s")
+        print(f"\ncompose e2e: up --wait {time.monotonic() - started:.0f} s")
         yield stack
     finally:
         stack.down(volumes=True)

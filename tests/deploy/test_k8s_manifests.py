@@ -32,7 +32,7 @@ from tests.deploy.manifests import (
     renderer_available,
     seconds,
 )
-from tests.support import require
+from tests.support import docker_image_present, require
 
 # Oldest release the manifests target (topologySpreadConstraints' matchLabelKeys is on by
 # default from 1.27; 1.29 is the oldest kubernetes-validate and the providers still ship).
@@ -408,23 +408,15 @@ def _image_ids(image: str) -> tuple[int, int]:
     return int(uid), int(gid)
 
 
-def _image_present(image: str) -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return (
-        subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
-    )
-
-
-def test_pods_run_as_the_images_own_users() -> None:
+def test_pods_run_as_the_images_own_users(compose_images: None) -> None:
     """runAsUser/runAsGroup (and fsGroup, which makes volumes writable) are the numeric ids
     of each image's USER, read from the built images: Debian's packages (and useradd's
     group) pick them when an image is built, so the manifests must follow the images."""
     require(renderer_available(), "kustomize or kubectl is not installed (make system-deps)")
     objects = render("production")
     images = sorted({c.spec["image"] for c in containers(objects)})
-    for image in images:
-        require(_image_present(image), f"{image} is not built (make images)")
+    missing = [image for image in images if not docker_image_present(image)]
+    assert not missing, f"the manifests name images the compose build does not make: {missing}"
     expected = {image: _image_ids(image) for image in images}
     for c in containers(objects):
         uid, gid = expected[c.spec["image"]]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from kombu import Connection
 from services.messaging import routing_config
 from services.settings import Settings
 from tests.deploy.manifests import find, render, renderer_available
-from tests.support import require, wait_until
+from tests.support import docker_image_present, require, wait_until
 
 NAMESPACE = "flashsale"
 SECRETS = {
@@ -38,14 +37,6 @@ def _docker(*args: str, check: bool = True) -> str:
     if check and proc.returncode != 0:
         raise AssertionError(f"docker {' '.join(args)}: {proc.stderr}")
     return proc.stdout
-
-
-def _engine_with_image() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return (
-        subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0
-    )
 
 
 _UNITS = {"Mi": 1024**2, "Gi": 1024**3}
@@ -96,10 +87,10 @@ def _run_args(pod_spec: dict[str, Any], container: dict[str, Any], pod: str) -> 
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[str, list[str], int]]:
+def cluster(compose_images: None, tmp_path: Path) -> Iterator[tuple[str, list[str], int]]:
     """(network, container names, node 0's loopback AMQP port) of a running 3-node cluster."""
     require(renderer_available(), "kustomize or kubectl is not installed (make system-deps)")
-    require(_engine_with_image(), f"no Docker engine with {IMAGE} (make images)")
+    assert docker_image_present(IMAGE), f"{IMAGE} is not among the compose build's images"
     statefulset = find(render("production"), "StatefulSet", "rabbitmq")
     replicas = statefulset["spec"]["replicas"]
     pod_spec = statefulset["spec"]["template"]["spec"]

@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 
 from loadtest.faults import QUICK_FAULTS
-from tests.compose.test_compose_e2e import _engine_reachable
-from tests.support import require
 
 pytestmark = pytest.mark.compose
 
@@ -27,10 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.timeout(1500)  # includes the (cached) build and `up --wait`
-def test_quick_fault_suite_recovers_from_every_fault_alone(tmp_path: Path) -> None:
-    require(
-        _engine_reachable(), "no Docker engine reachable (run ../shared/tools/docker-engine-up)"
-    )
+def test_quick_fault_suite_recovers_from_every_fault_alone(
+    compose_images: None, tmp_path: Path
+) -> None:
     out = tmp_path / "report"
     project = f"faultsci{uuid.uuid4().hex[:8]}"
     proc = subprocess.run(
