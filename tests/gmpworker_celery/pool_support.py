@@ -78,11 +78,12 @@ class PoolWorker:
             pytest.fail(f"worker exited {self.proc.returncode}:\n{text[-3000:]}")
         return text
 
-    def stop(self, timeout: float = 30) -> int | None:
-        """Warm shutdown (SIGTERM) and wait; SIGKILL if it lingers. The exit code."""
+    def stop(self, timeout: float = 30, how: signal.Signals = signal.SIGTERM) -> int | None:
+        """Warm shutdown (SIGTERM; SIGQUIT for a cold one) and wait; SIGKILL if it lingers.
+        The exit code (negative: the signal that ended it)."""
         if self.proc is None:
             return None
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(how)
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

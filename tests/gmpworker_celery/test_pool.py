@@ -7,7 +7,7 @@ the tests that stop or kill a worker start their own.
 from __future__ import annotations
 
 import os
-import time
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,14 +122,19 @@ def test_async_tasks_run_natively_with_their_request(
 
 
 def test_many_parked_async_tasks_share_few_threads(testapp: Any, shared_worker: PoolWorker) -> None:
-    sent = [testapp.async_sleep.delay(0.3) for _ in range(8)]
-    time.sleep(0.15)
-    pool = testapp.app.control.inspect(timeout=3).stats()[f"{shared_worker.name}@{_host()}"]
-    assert [r.get(timeout=20)["goid"] for r in sent]
-    gmp = pool["pool"]["gmpworker"]
-    # 8 tasks parked on timers at once, on a runtime that never needed 8 threads for them
-    assert gmp["gs_by_state"].get("waiting", 0) >= 8
-    assert gmp["threads"] < 8
+    sent = [testapp.async_sleep.delay(3.0) for _ in range(8)]
+    snapshots: list[dict[str, Any]] = []
+
+    def all_parked() -> bool:
+        replies = testapp.app.control.inspect(timeout=2, limit=1).stats() or {}
+        gmp = replies.get(f"{shared_worker.name}@{_host()}", {}).get("pool", {}).get("gmpworker")
+        snapshots.append(gmp or {})
+        return bool(gmp) and gmp["gs_by_state"].get("waiting", 0) >= 8
+
+    wait_until(all_parked, 20, "the 8 tasks to park on their timers")
+    # 8 tasks parked at once, on a runtime that never needed 8 threads for them
+    assert snapshots[-1]["threads"] < 8
+    assert len({r.get(timeout=20)["goid"] for r in sent}) == 8  # eight Gs
 
 
 def test_a_g_that_raises_fails_its_task_and_acks_it(
@@ -266,18 +271,19 @@ def test_task_blocked_in_the_database_does_not_stop_its_p(
 ) -> None:
     """GOMAXPROCS=1: while one task sits 500 ms in pg_sleep, the P runs the others."""
     require(_pg_ok(), f"PostgreSQL unreachable at {PG_ADMIN_URL}")
-    rdb.delete(f"{testapp.PREFIX}events")
-    blocked = testapp.db_sleep.delay(0.5)
-    wait_until(lambda: "db_sleep:start" in events(rdb, testapp.PREFIX), 10, "pg_sleep")
+    mine = tag()
+    blocked = testapp.db_sleep.delay(mine, 0.5)
+    wait_until(lambda: f"db_sleep:start:{mine}" in events(rdb, testapp.PREFIX), 10, "the pg_sleep")
     labels = [f"quick:{tag()}" for _ in range(20)]
     quick = [testapp.stamp.delay(label) for label in labels]
-    assert len([r.get(timeout=20) for r in quick]) == 20
-    assert blocked.get(timeout=20) >= 0.5
-    seen = events(rdb, testapp.PREFIX)
-    # every quick task ran while the blocked one was in the database, on the same P
-    assert seen[0] == "db_sleep:start"
+    assert [r.get(timeout=20) for r in quick]
+    assert blocked.get(timeout=20) >= 0.5  # it did sit in the database
+    # This test's own events (the worker is shared): every quick task ran while the
+    # blocked one was in the database, on the same P.
+    seen = [e for e in events(rdb, testapp.PREFIX) if e.endswith(mine) or e in labels]
+    assert seen[0] == f"db_sleep:start:{mine}"
     assert sorted(seen[1:21]) == sorted(labels)
-    assert seen[21] == "db_sleep"
+    assert seen[21:] == [f"db_sleep:{mine}"]
 
 
 # --- shutdown ---------------------------------------------------------------------------
@@ -287,6 +293,10 @@ def test_warm_shutdown_finishes_running_and_redelivers_queued(
     testapp: Any, own_worker: PoolWorker, rdb: redis.Redis, pool_env: dict[str, str]
 ) -> None:
     own_worker.route = "conf"  # the other documented route: worker_pool in the config
+    # Prefetch 8 with concurrency 2: the four tasks that cannot start wait in the pool's
+    # own queue, not in the broker, so stopping must drop them there (unacknowledged)
+    # for RabbitMQ to deliver them again.
+    own_worker.prefetch_multiplier = 4
     own_worker.start()
     labels = [tag() for _ in range(6)]
     for label in labels:
@@ -298,6 +308,11 @@ def test_warm_shutdown_finishes_running_and_redelivers_queued(
         ),
         15,
         "two tasks to start",
+    )
+    wait_until(
+        lambda: ready_messages(pool_env["TEST_BROKER_URL"], own_worker.queue) == 0,
+        15,
+        "the four others to wait in the worker",
     )
     assert own_worker.stop() == 0
     seen = events(rdb, testapp.PREFIX)
@@ -338,3 +353,53 @@ def _pg_ok() -> bool:
     except psycopg.OperationalError:
         return False
     return True
+
+
+# --- native (async) bodies under limits, revoke and cold shutdown -------------------------
+
+
+def test_hard_time_limit_ends_an_async_body_at_its_await(
+    testapp: Any, shared_worker: PoolWorker, rdb: redis.Redis
+) -> None:
+    label = tag()
+    with pytest.raises(TimeLimitExceeded):
+        testapp.async_hard.delay(label).get(timeout=20)
+    wait_until(lambda: not _active(testapp, shared_worker), 10, "the G to be stopped")
+    seen = events(rdb, testapp.PREFIX)
+    assert f"start:{label}" in seen and f"done:{label}" not in seen
+    assert testapp.add.delay(2, 3).get(timeout=20)["sum"] == 5  # the worker still serves
+
+
+def test_revoke_terminate_cancels_a_parked_async_body(
+    testapp: Any, shared_worker: PoolWorker, rdb: redis.Redis, pool_env: dict[str, str]
+) -> None:
+    label = tag()
+    sent = testapp.async_record.delay(label, 20)
+    wait_until(lambda: f"start:{label}" in events(rdb, testapp.PREFIX), 10, "the body to park")
+    testapp.app.control.revoke(sent.id, terminate=True)
+    with pytest.raises(TaskRevokedError):
+        sent.get(timeout=10)
+    wait_until(lambda: not _active(testapp, shared_worker), 10, "the G to end")
+    assert f"done:{label}" not in events(rdb, testapp.PREFIX)
+    assert ready_messages(pool_env["TEST_BROKER_URL"]) == 0  # revoked = acked, not requeued
+
+
+def test_cold_shutdown_stops_running_gs_without_waiting_and_loses_nothing(
+    testapp: Any, own_worker: PoolWorker, rdb: redis.Redis, pool_env: dict[str, str]
+) -> None:
+    """SIGQUIT (``on_terminate``): the running bodies, sync and native, are interrupted
+    instead of awaited, and their messages, never acknowledged (acks_late), come back."""
+    own_worker.start()
+    sync_label, async_label = tag(), tag()
+    testapp.record.apply_async((sync_label, 60), queue=own_worker.queue)
+    testapp.async_record.apply_async((async_label, 60), queue=own_worker.queue)
+    wait_until(
+        lambda: {f"start:{sync_label}", f"start:{async_label}"} <= set(events(rdb, testapp.PREFIX)),
+        15,
+        "both bodies to run",
+    )
+    code = own_worker.stop(timeout=30, how=signal.SIGQUIT)
+    assert code is not None and code != -signal.SIGKILL, "it had to be killed"
+    seen = events(rdb, testapp.PREFIX)
+    assert f"done:{sync_label}" not in seen and f"done:{async_label}" not in seen
+    assert ready_messages(pool_env["TEST_BROKER_URL"], own_worker.queue) == 2

@@ -81,13 +81,13 @@ def record(tag: str, seconds: float) -> str:
 
 
 @app.task
-def db_sleep(seconds: float) -> float:
+def db_sleep(tag: str, seconds: float) -> float:
     """Block in PostgreSQL (``pg_sleep``) and return how long it took."""
     started = time.monotonic()
     with psycopg.connect(os.environ["TEST_PG_URL"]) as conn:
-        trace("db_sleep:start")
+        trace(f"db_sleep:start:{tag}")
         conn.execute("SELECT pg_sleep(%s)", (seconds,))
-    trace("db_sleep")
+    trace(f"db_sleep:{tag}")
     return time.monotonic() - started
 
 
@@ -114,6 +114,23 @@ def hard_sync(tag: str) -> None:
     trace(f"start:{tag}")
     while True:
         time.sleep(0.02)
+
+
+@app.task(base=GTask)
+async def async_record(tag: str, seconds: float) -> str:
+    """``record``'s native twin: parks on a timer between its two traces."""
+    trace(f"start:{tag}")
+    await gmp.sleep(seconds)
+    trace(f"done:{tag}")
+    return tag
+
+
+@app.task(base=GTask, time_limit=0.3)
+async def async_hard(tag: str) -> None:
+    """Parks far beyond its hard limit: the limit must end it at the await."""
+    trace(f"start:{tag}")
+    await gmp.sleep(30)
+    trace(f"done:{tag}")
 
 
 @app.task(base=GTask, bind=True)
