@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -24,6 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from services.settings import Settings
 from tests.netfault import FaultProxy
+from tests.support import wait_until_async
 
 pytestmark = pytest.mark.anyio
 
@@ -68,15 +68,6 @@ def proxied(settings: Settings, field: str, proxy: FaultProxy, probe_interval: f
             "near_cache_ttl_seconds": 0,
         }
     )
-
-
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` on the loop; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def order(item_id: int = 1) -> dict[str, object]:
@@ -130,11 +121,11 @@ async def test_a_probe_closes_the_breaker_once_redis_answers_again(
         breaker = api.ctx.breakers["redis"]
         state_proxy.refuse()
         assert (await api.client.post("/orders", json=order())).status_code == 503
-        await until(lambda: breaker.probes >= 3, 30, "three failed probes")
+        await wait_until_async(lambda: breaker.probes >= 3, 30, "three failed probes")
         assert breaker.is_open  # still down: the probes were refused
 
         state_proxy.heal()
-        await until(lambda: not breaker.is_open, 30, "the probe to close the breaker")
+        await wait_until_async(lambda: not breaker.is_open, 30, "the probe to close the breaker")
         assert sample("circuit_breaker_open", dependency="redis") == 0
         # The order reaches Redis again: reserved, then refused only for the broker
         # (this app has none), its reservation given back.

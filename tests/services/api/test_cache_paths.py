@@ -20,6 +20,7 @@ from services.keys import Keys
 from services.settings import Settings
 from services.worker.invalidation import CacheInvalidator
 from tests.netfault import FaultProxy
+from tests.support import wait_until_async
 
 pytestmark = pytest.mark.anyio
 
@@ -53,14 +54,6 @@ async def _is_near_hit(api: Api, item_id: int) -> bool:
     return sample("cache_lookups_total", result="near_hit") - before == 1
 
 
-async def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def _subscribers(channel: str) -> int:
     with redis.Redis.from_url(f"{REDIS_HOST_URL}/3") as direct:
         return int(dict(direct.pubsub_numsub(channel))[channel.encode()])
@@ -90,8 +83,12 @@ async def test_the_listener_resubscribes_after_its_connection_is_cut(
     assert await _is_near_hit(proxied_api, 6)
     cache_proxy.cut()
     # The subscription drops, and comes back by itself.
-    await _wait_for(lambda: _subscribers(keys.invalidate_channel) == 0, "the subscription to drop")
-    await _wait_for(lambda: _subscribers(keys.invalidate_channel) == 1, "the listener to return")
+    await wait_until_async(
+        lambda: _subscribers(keys.invalidate_channel) == 0, 10, "the subscription to drop"
+    )
+    await wait_until_async(
+        lambda: _subscribers(keys.invalidate_channel) == 1, 10, "the listener to return"
+    )
     # Resubscribing drops the whole near cache once (what was published meanwhile is lost),
     # so the entry sticks again only after that.
     deadline = asyncio.get_running_loop().time() + 10
@@ -100,7 +97,7 @@ async def test_the_listener_resubscribes_after_its_connection_is_cut(
         await asyncio.sleep(0.02)
     with redis.Redis.from_url(f"{REDIS_HOST_URL}/3") as direct:
         direct.publish(keys.invalidate_channel, b"6")
-    await _wait_for(lambda: 6 not in proxied_api.ctx.cache._near, "item 6 to be dropped")
+    await wait_until_async(lambda: 6 not in proxied_api.ctx.cache._near, 10, "item 6 to be dropped")
 
 
 async def test_malformed_invalidations_are_ignored_and_the_listener_goes_on(
@@ -112,7 +109,7 @@ async def test_malformed_invalidations_are_ignored_and_the_listener_goes_on(
     with redis.Redis.from_url(f"{REDIS_HOST_URL}/3") as direct:
         direct.publish(keys.invalidate_channel, b"7,not-a-number")
         direct.publish(keys.invalidate_channel, b"8")
-    await _wait_for(lambda: 8 not in cache._near, "the valid message after the bad one")
+    await wait_until_async(lambda: 8 not in cache._near, 10, "the valid message after the bad one")
     assert 7 in cache._near  # the malformed message dropped nothing
     assert "ignoring malformed invalidation" in caplog.text
 

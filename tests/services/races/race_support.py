@@ -41,6 +41,7 @@ from services.worker.context import WorkerContext
 from services.worker.orders import CommitOutcome, commit_orders, dead_letter_order
 from services.worker.persistence import Order
 from tests.netfault import FaultProxy
+from tests.support import wait_until_async
 
 ITEMS = {1: 10, 2: 10, 3: 10}
 """The catalog of every race test: item id -> stock."""
@@ -108,11 +109,15 @@ class Race:
         """Heal the Redis proxy and wait until the api's Redis breaker closed again (a
         time-out opens it; its probe closes it)."""
         self.redis_proxy.heal()
-        await until(lambda: not self.ctx.health.circuit_open("redis"), 15, "the Redis breaker")
+        await wait_until_async(
+            lambda: not self.ctx.health.circuit_open("redis"), 15, "the Redis breaker"
+        )
 
     async def publisher_connected(self) -> None:
         """Wait until the api's publisher has its confirm channel (through the proxy)."""
-        await until(lambda: bool(getattr(self.ctx.publisher, "connected", True)), 15, "publisher")
+        await wait_until_async(
+            lambda: bool(getattr(self.ctx.publisher, "connected", True)), 15, "publisher"
+        )
 
     # --- the broker, seen directly (not through the proxy) ----------------------------
 
@@ -247,22 +252,13 @@ class Race:
         assert len(self.rows()) == before
 
 
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` on the event loop until true; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def cancel_waits_for(monkeypatch: pytest.MonkeyPatch, condition: Callable[[], bool]) -> None:
     """Make the api's cancel (after a failed publish) wait until ``condition()`` holds, so
     the test, not the machine's load, decides whether it comes after the worker's step."""
     real_cancel = orders_router._cancel
 
     async def cancel_when_told(ctx: Any, order: Any, reason: str) -> bool:
-        await until(condition, 15, "the test's go-ahead for the api's cancel")
+        await wait_until_async(condition, 15, "the test's go-ahead for the api's cancel")
         return await real_cancel(ctx, order, reason)
 
     monkeypatch.setattr(orders_router, "_cancel", cancel_when_told)

@@ -12,13 +12,14 @@ import threading
 from typing import Any
 
 import pytest
-from race_support import Gate, Race, cancel_waits_for, until
+from race_support import Gate, Race, cancel_waits_for
 
 from services.catalog import warmup
 from services.store import Status
 from services.worker import tasks
 from services.worker.context import WorkerContext
 from services.worker.items import ItemUpdate, apply_update
+from tests.support import wait_until_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -32,7 +33,7 @@ async def held_publish(
     race.commit(race.take_messages())
     race.broker_proxy.hold_replies()
     request = asyncio.create_task(race.order(item_id, "ann", 2, key))
-    await until(lambda: race.queued() == 1, 10, "the message in the queue")
+    await wait_until_async(lambda: race.queued() == 1, 10, "the message in the queue")
     [message] = race.take_messages()
     return request, message
 
@@ -46,7 +47,7 @@ async def test_race1_late_confirm_loses_to_the_worker_claim(
     cancel_waits_for(monkeypatch, gate.reached.is_set)
     request, message = await held_publish(race, 2, "race-one-0001")
     worker = asyncio.create_task(asyncio.to_thread(race.commit, [message], gate))
-    await until(gate.reached.is_set, 10, "the worker's claim")
+    await wait_until_async(gate.reached.is_set, 10, "the worker's claim")
     answer = await request  # the publish times out; the cancel finds the order claimed
     assert (answer.status, answer.order_id) == (202, message["order_id"])
     gate.open()
@@ -257,7 +258,7 @@ async def test_race7_the_redis_retry_resends_the_same_reservation_once(race: Rac
     await race.order(1, "warm-up", 1)
     race.redis_proxy.drop_replies()
     request = asyncio.create_task(race.order(1, "ann", 2))
-    await until(lambda: race.store.get_stocks([1]) == [7], 10, "the script to run")
+    await wait_until_async(lambda: race.store.get_stocks([1]) == [7], 10, "the script to run")
     race.redis_proxy.heal()  # the retry's connection forwards normally
     answer = await request
     assert answer.status == 202
