@@ -249,12 +249,13 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
 def cmd_faults(args: argparse.Namespace, console: Console) -> int:
     """``faults``: start the compose stack, run the faults, report, tear down."""
     from loadtest import faultsuite
-    from loadtest.faults import catalog
+    from loadtest.faults import QUICK_FAULTS, catalog
+    from loadtest.runner import RunnerError
     from loadtest.stack import StackError
 
     out_dir = (args.out or faultsuite.DEFAULT_REPORTS / time.strftime("%Y%m%d-%H%M%S")).resolve()
     if args.quick:
-        options = faultsuite.SuiteOptions.quick(out_dir, args.fault or faultsuite.QUICK_FAULTS)
+        options = faultsuite.SuiteOptions.quick(out_dir, args.fault or QUICK_FAULTS)
     else:
         options = faultsuite.SuiteOptions(faults=args.fault or list(catalog()), out_dir=out_dir)
     unknown = sorted(set(args.fault) - set(catalog()))
@@ -266,7 +267,7 @@ def cmd_faults(args: argparse.Namespace, console: Console) -> int:
         stack, base_url = faultsuite.start_stack(args.project, console, not args.no_build)
         faultsuite.reset_sale(stack)
         rows = faultsuite.run_suite(stack, base_url, options, console)
-    except (faultsuite.RunnerError, StackError) as exc:
+    except (RunnerError, StackError) as exc:
         console.print(f"[bold red]fault suite failed to run:[/] {exc}")
         return 2
     finally:

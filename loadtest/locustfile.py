@@ -219,7 +219,7 @@ def _on_phase(environment: Environment, msg: Any, **_: Any) -> None:
     _RunState.phase = msg.data
 
 
-@events.init.add_listener
+@events.init.add_listener  # type: ignore[untyped-decorator]  # locust: unannotated
 def _on_init(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     assert runner is not None, "locust fires init with a runner"
@@ -250,7 +250,7 @@ def _flush(final: bool) -> None:
         _RunState.orders.flush()
 
 
-@events.request.add_listener
+@events.request.add_listener  # type: ignore[untyped-decorator]  # locust: unannotated
 def _on_request(
     start_time: float,
     response_time: float,
@@ -271,7 +271,7 @@ def _on_request(
     )
 
 
-@events.test_start.add_listener
+@events.test_start.add_listener  # type: ignore[untyped-decorator]  # locust: unannotated
 def _on_test_start(environment: Environment, **_: Any) -> None:
     if _RunState.timeline is not None and isinstance(environment.shape_class, SpikeShape):
         _RunState.timeline_writer = gevent.spawn(
@@ -286,7 +286,7 @@ def _tick(environment: Environment, shape: SpikeShape, phase: str) -> Tick:
     now = time.time()
     return Tick(
         t=now,
-        elapsed=round(shape.get_run_time(), 3),
+        elapsed=round(shape.get_run_time(), 3),  # type: ignore[no-untyped-call]  # locust
         phase=phase,
         phase_start=shape.phase_started_at if phase == shape.phase else now,
         target_users=shape.target_users if phase != "stopped" else 0,
@@ -306,7 +306,7 @@ def _write_timeline(environment: Environment, shape: SpikeShape) -> None:
         gevent.sleep(1)
 
 
-@events.test_stop.add_listener
+@events.test_stop.add_listener  # type: ignore[untyped-decorator]  # locust: unannotated
 def _on_test_stop(environment: Environment, **_: Any) -> None:
     if _RunState.timeline_writer is not None:
         _RunState.timeline_writer.kill()
@@ -317,6 +317,6 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
     _flush(final=True)
 
 
-@events.quitting.add_listener
+@events.quitting.add_listener  # type: ignore[untyped-decorator]  # locust: unannotated
 def _on_quitting(environment: Environment, **_: Any) -> None:
     _flush(final=True)

@@ -24,7 +24,7 @@ class SpikeShape(LoadTestShape):
     """Baseline, near-instant jump, hold, fall back, recovery, stop."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # locust: unannotated
         self.config = SpikeConfig.from_env()
         self.phase: Phase | None = None
         self.phase_started_at = 0.0  # epoch of the last phase change, for exact windows
@@ -32,7 +32,7 @@ class SpikeShape(LoadTestShape):
 
     def tick(self) -> tuple[int, float] | None:
         """Locust calls this about once a second; ``None`` ends the run."""
-        stage = schedule(self.get_run_time(), self.config)
+        stage = schedule(self.get_run_time(), self.config)  # type: ignore[no-untyped-call]  # locust
         if stage is None:
             return None
         if stage.phase != self.phase:

@@ -25,7 +25,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio
@@ -188,7 +188,8 @@ class CoalescingReader:
 
     async def _fetch(self, batch: dict[str, list[asyncio.Future[bytes | None]]]) -> None:
         try:
-            values = await self.client.mget(list(batch))
+            # The client does not decode responses: values are bytes (or None for a miss).
+            values = cast("list[bytes | None]", await self.client.mget(list(batch)))
         except Exception as exc:
             for futures in batch.values():
                 for future in futures:

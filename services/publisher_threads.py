@@ -64,7 +64,8 @@ class ThreadedPublisher(TaskPublisher):
                 self._connections.append(conn)
         try:
             # One attempt: the caller answers 503 at once rather than queueing requests.
-            conn.ensure_connection(max_retries=0, interval_start=0, timeout=self.timeout)
+            # kombu's stub says int; the timeout is seconds and a float works.
+            conn.ensure_connection(max_retries=0, interval_start=0, timeout=self.timeout)  # type: ignore[arg-type]
         except Exception as exc:
             self._drop_connection()
             raise PublishError(f"broker unreachable: {exc}") from exc

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,7 +248,7 @@ def start_services(ports: Ports, directory: Path, token: admin_token.AdminToken)
 
 def wait_ready(state: StackState, timeout: float = READY_TIMEOUT_SECONDS) -> None:
     """Until /readyz is ok, the worker consumes and the reconciler serves metrics."""
-    checks = {
+    checks: dict[str, Callable[[], bool]] = {
         "api /readyz": lambda: _readyz(state.urls["api"]) == "ok",
         "worker": lambda: Path(state.heartbeat_file).exists(),
         "reconciler": lambda: _answers(state.urls["reconciler metrics"]),

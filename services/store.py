@@ -60,7 +60,7 @@ import functools
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Concatenate, Generic, ParamSpec, TypedDict, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypedDict, TypeVar
 
 import redis
 import redis.asyncio
@@ -72,6 +72,15 @@ P = ParamSpec("P")
 T = TypeVar("T")
 ClientT = TypeVar("ClientT", redis.Redis, redis.asyncio.Redis)
 Steps = Generator[Any, Any, T]
+
+
+class _Script(Protocol):
+    """A registered Lua script: ``redis.commands.core.Script`` or ``AsyncScript``."""
+
+    sha: str
+
+    def __call__(self, keys: Any = ..., args: Any = ..., client: Any = ...) -> Any: ...
+
 
 ORDER_FIELDS = (
     "order_id",
@@ -448,12 +457,12 @@ class _StoreCore(Generic[ClientT]):
         per_user_limit: int,
         idempotency_ttl_seconds: int = 86_400,
     ) -> None:
-        self.client = client
+        self.client: ClientT = client
         self.keys = Keys(prefix)
         self.per_user_limit = per_user_limit
         self.idempotency_ttl_seconds = idempotency_ttl_seconds
         # register_script exists on both clients: EVALSHA, falling back to EVAL once per server.
-        register = client.register_script
+        register: Callable[[str], _Script] = client.register_script
         self._lua_reserve = register(_RESERVE)
         self._lua_settle_failed = register(_SETTLE_FAILED)
         self._lua_claim = register(_CLAIM)
@@ -499,7 +508,7 @@ class _StoreCore(Generic[ClientT]):
             k.pending(item_id),
             k.idempotency(item_id, idem),
         ]
-        args = [
+        args: list[str | int] = [
             order_id,
             item_id,
             user_id,
@@ -611,6 +620,9 @@ class _StoreCore(Generic[ClientT]):
         if not grouped:
             return []
         pipe = self.client.pipeline(transaction=False)
+        # Declared: mypy cannot infer loop variables used in a comprehension inside ``yield``.
+        item_id: int
+        ids: list[str]
         for item_id, ids in grouped.items():
             yield self._lua_mark_persisted(
                 keys=[self.keys.pending(item_id), *(self.keys.order(item_id, i) for i in ids)],
@@ -756,18 +768,22 @@ class _StoreCore(Generic[ClientT]):
         if not stocks:
             return 0
         found: dict[int, list[str]] = defaultdict(list)
+        # Declared: mypy cannot infer loop variables used in a comprehension inside ``yield``.
+        item_id: int
         cursor = 0
         while True:
             cursor, names = yield self.client.scan(
                 cursor, match=self.keys.item_state_pattern, count=_SCAN_COUNT
             )
             for name in names:
-                item_id = self.keys.item_of_key(name)
-                if item_id in stocks:
-                    found[item_id].append(_text(name))
+                owner = self.keys.item_of_key(name)
+                if owner is not None and owner in stocks:
+                    found[owner].append(_text(name))
             if int(cursor) == 0:
                 break
         deleted = 0
+        records: list[str]
+        start: int
         for item_id, names in found.items():
             records = [n for n in names if n not in self._counter_keys(item_id)]
             for start in range(0, len(records), _KEYS_PER_CALL):
@@ -809,7 +825,7 @@ async def _run_async(steps: Steps[T]) -> T:
 
 def _sync(op: Callable[Concatenate[Any, P], Steps[T]]) -> Callable[Concatenate[Any, P], T]:
     @functools.wraps(op)
-    def run(self: Any, *args: P.args, **kwargs: P.kwargs) -> T:
+    def run(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return _run_sync(op(self, *args, **kwargs))
 
     return run
@@ -819,7 +835,7 @@ def _async(
     op: Callable[Concatenate[Any, P], Steps[T]],
 ) -> Callable[Concatenate[Any, P], Awaitable[T]]:
     @functools.wraps(op)
-    async def run(self: Any, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def run(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await _run_async(op(self, *args, **kwargs))
 
     return run

@@ -1,5 +1,5 @@
 """The project's own style gates, run as tests so CI enforces them: ruff (lint and
-format) over the tree, and mypy (strict) over gmpworker."""
+format) over the tree, and mypy (strict) over gmpworker, services and loadtest."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent
         ["ruff", "format", "--no-cache", "--check", "."],
         ["mypy", "--no-incremental"],
     ],
-    ids=["ruff-lint", "ruff-format", "mypy-gmpworker"],
+    ids=["ruff-lint", "ruff-format", "mypy"],
 )
 def test_tool_is_clean(command: list[str]) -> None:
     """Each tool exits 0 on the repository; its output is the failure message."""

@@ -43,7 +43,7 @@ class SendTrackingConnection(redis.asyncio.Connection):
             if not self.is_connected:
                 await self.connect_check_health(check_health=False)
             if check_health:
-                await self.check_health()
+                await self.check_health()  # type: ignore[no-untyped-call]  # redis-py: unannotated
         finally:
             _SENT.set(before)
         _SENT.set(True)

@@ -245,7 +245,9 @@ class Reconciler:
         )
         with self.app.connection_for_write() as conn:
             for name in names:
-                channel = conn.channel()
+                # Any: kombu's stub types it as the abstract StdChannel, without the amqp
+                # channel's queue_declare/is_open/close.
+                channel: Any = conn.channel()
                 try:
                     depths[name] = int(
                         channel.queue_declare(queue=name, passive=True).message_count

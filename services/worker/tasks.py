@@ -63,7 +63,7 @@ PERMANENT_UPDATE_ERRORS: tuple[type[Exception], ...] = (
 """Errors caused by the update's own data."""
 
 _options = get_worker_options()
-_RETRY = {
+_RETRY: dict[str, Any] = {
     "autoretry_for": TRANSIENT_ERRORS,
     "retry_backoff": True,
     "retry_backoff_max": _options.retry_backoff_max_seconds,
@@ -72,7 +72,7 @@ _RETRY = {
 }
 
 
-class MeteredTask(Task):  # type: ignore[misc]
+class MeteredTask(Task[Any, Any]):
     """Counts every finished task in ``worker_tasks_total`` by the outcome it returned."""
 
     @property

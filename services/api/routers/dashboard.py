@@ -61,7 +61,7 @@ def _api_registry() -> CollectorRegistry:
     """This api's metrics: every uvicorn process's when multiprocess mode is on."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # prometheus_client: unannotated
         return registry
     return REGISTRY
 
@@ -95,7 +95,8 @@ async def _redis_figures() -> dict[str, int] | None:
                 batch = names[i : i + STOCK_SCAN_COUNT]
                 stock += sum(int(v) for v in await client.mget(batch) if v is not None)
             pipe = client.pipeline(transaction=False)
-            for item_id in {i for name in names if (i := keys.item_of_key(name)) is not None}:
+            # ``o``, not ``i``: the walrus binds in this scope, where ``i`` is the int above.
+            for item_id in {o for name in names if (o := keys.item_of_key(name)) is not None}:
                 pipe.zcard(keys.pending(item_id))  # one pending set per item with a counter
             pending = sum(int(n) for n in await pipe.execute())
     except (redis.RedisError, OSError):

@@ -66,7 +66,7 @@ async def readyz(ctx: Context) -> OrjsonResponse:
     reads, so a load balancer should keep it); 503 only for ``unavailable``."""
     deps = await check_dependencies(ctx)
     status = readiness_status(deps)
-    body = Readiness(status=status, dependencies=deps)  # type: ignore[arg-type]
+    body = Readiness(status=status, dependencies=deps)
     return OrjsonResponse(body.model_dump(), status_code=503 if status == "unavailable" else 200)
 
 

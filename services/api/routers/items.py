@@ -27,8 +27,10 @@ from services.publisher import PublishError
 router = APIRouter(tags=["items"])
 
 ItemIdPath = Annotated[int, Path(ge=1, le=MAX_ITEM_ID, description="item id")]
-_NOT_FOUND = {404: {"model": ErrorBody, "description": "no such item"}}
-_READ_UNAVAILABLE = {
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "no such item"}
+}
+_READ_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "overloaded, or neither Redis nor PostgreSQL answers"}
 }
 _IDS = re.compile(IDS_PATTERN)
