@@ -88,6 +88,7 @@ from billiard.einfo import ExceptionInfo
 from billiard.exceptions import WorkerLostError
 from celery import Task
 from celery.app.task import Context
+from celery.app.trace import trace_task_ret
 from celery.concurrency.base import BasePool, apply_target
 from celery.exceptions import SoftTimeLimitExceeded, Terminated
 from celery.utils.dispatch import Signal
@@ -645,11 +646,18 @@ class GMPPool(BasePool):
         """Queue the task as a G and return at once (runs on the consumer thread)."""
         hard = timeout or self.options.get("timeout")
         soft = soft_timeout or self.options.get("soft_timeout")
+        kwargs = dict(kwargs or {})
+        if target is trace_task_ret and self.app is not None:
+            # The plain tracer (a worker started without Celery's worker optimisations,
+            # e.g. an embedded WorkController) looks the task up in ``current_app``,
+            # which on an M is the process's default app: name the worker's app, as a
+            # prefork child has it current.
+            kwargs.setdefault("app", self.app)
         job = _Job(
             self,
             target,
             tuple(args or ()),
-            dict(kwargs or {}),
+            kwargs,
             (callback, accept_callback, error_callback, timeout_callback),
             soft,
             hard,

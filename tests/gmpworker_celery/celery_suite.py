@@ -57,7 +57,16 @@ RUNS_ON = {"prefork": "celery.concurrency.prefork:TaskPool", "gmp": "gmpworker.c
 # SQLAlchemy, cryptography for message signing); none of them is about the pool.
 NEEDS_ABSENT_EXTRAS = ("test_backend.py", "test_database_backend.py", "test_security.py")
 
-KNOWN_DIVERGENCES: dict[str, str] = {}
+KNOWN_DIVERGENCES: dict[str, str] = {
+    "t/integration/test_canvas.py::test_chain::"
+    "test_chord_header_id_duplicated_on_rabbitmq_msg_duplication[pool-redis-group-ids]": (
+        "harness artifact: the test connects a before_task_publish handler that republishes"
+        " every message published in its process. Prefork's children were forked before"
+        " that, so only the test's own message is duplicated; with any pool that runs tasks"
+        " in the test's process the worker's own publishes (the chord header) are duplicated"
+        " too and the list holds 4 ids, not 2. Celery's solo and threads pools fail it too."
+    ),
+}
 """Tests that pass on prefork but cannot on GMPPool: node id -> why (shown in the README)."""
 
 PASSED = "passed"
