@@ -293,9 +293,9 @@ def test_warm_shutdown_finishes_running_and_redelivers_queued(
     testapp: Any, own_worker: PoolWorker, rdb: redis.Redis, pool_env: dict[str, str]
 ) -> None:
     own_worker.route = "conf"  # the other documented route: worker_pool in the config
-    # Prefetch 8 with concurrency 2: the four tasks that cannot start wait in the pool's
-    # own queue, not in the broker, so stopping must drop them there (unacknowledged)
-    # for RabbitMQ to deliver them again.
+    # Prefetch 8 with concurrency 2: the four tasks that cannot start wait in the worker
+    # (in Celery's semaphore, which GMPPool uses as prefork does), not in the broker, so
+    # stopping must leave them unacknowledged for RabbitMQ to deliver them again.
     own_worker.prefetch_multiplier = 4
     own_worker.start()
     labels = [tag() for _ in range(6)]
